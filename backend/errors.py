@@ -1,0 +1,111 @@
+"""API errors and the one JSON shape every error response has.
+
+The body is `{"detail": message, "error": {"message", "type", "param", "code"}}`: `detail` is what FastAPI
+clients read, `error` is what OpenAI clients read, and `param` names the offending field so a client (or a
+person) can tell what to fix. Validation errors from FastAPI are rewritten into the same shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class APIError(Exception):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+    def __init__(self, message: str, param: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = headers
+
+
+class BadRequest(APIError):
+    pass
+
+
+class NotFound(APIError):
+    status_code = 404
+    error_type = "not_found_error"
+
+
+class Conflict(APIError):
+    status_code = 409
+    error_type = "conflict_error"
+
+
+class Busy(APIError):
+    status_code = 429
+    error_type = "rate_limit_error"
+
+
+class Unavailable(APIError):
+    status_code = 503
+    error_type = "service_unavailable"
+
+
+def error_body(message: str, error_type: str, param: str | None = None) -> dict[str, Any]:
+    return {
+        "detail": message,
+        "error": {"message": message, "type": error_type, "param": param, "code": None},
+    }
+
+
+def error_response(
+    status: int, message: str, error_type: str, param: str | None = None, headers=None
+) -> JSONResponse:
+    return JSONResponse(error_body(message, error_type, param), status_code=status, headers=headers)
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    """("body", "settings", "temperature") -> "settings.temperature"; list indices become [i]."""
+    parts = list(loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc)
+    name = ""
+    for part in parts:
+        if isinstance(part, int):
+            name += f"[{part}]"
+        else:
+            name += f".{part}" if name else str(part)
+    return name or "body"
+
+
+async def _validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
+    problems = error.errors()
+    for problem in problems:
+        if problem.get("type") == "json_invalid":
+            reason = problem.get("ctx", {}).get("error", "")
+            return error_response(
+                400, f"body: the request body is not valid JSON ({reason})", "invalid_request_error", "body"
+            )
+    messages = []
+    for problem in problems:
+        field = _field_name(tuple(problem.get("loc", ())))
+        text = problem.get("msg", "invalid value")
+        if problem.get("type") == "missing":
+            text = "field required"
+        elif problem.get("type") == "extra_forbidden":
+            text = "unknown field"
+        messages.append(f"{field}: {text}")
+    first = _field_name(tuple(problems[0].get("loc", ()))) if problems else None
+    return error_response(422, "; ".join(messages), "invalid_request_error", first)
+
+
+async def _api_error(_request: Request, error: APIError) -> JSONResponse:
+    return error_response(error.status_code, error.message, error.error_type, error.param, error.headers)
+
+
+async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+    kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
+    return error_response(error.status_code, str(error.detail), kind, headers=getattr(error, "headers", None))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
