@@ -1,0 +1,225 @@
+"""BitNet b1.58 linear layer: ternary weights, 8-bit activations, trained with the straight-through estimator.
+
+Training keeps a full-precision latent weight and fake-quantizes on the fly:
+
+    x   -> RMSNorm (no learned scale)           so every token reaches the quantizer at the same scale
+        -> per-token absmax int8: round(x * 127 / max|x|) / (127 / max|x|)
+    W   -> absmean ternary: s = mean|W|, W_q = clamp(round(W / s), -1, 1) * s
+    y   =  x_q @ W_q^T (+ bias)
+
+The straight-through estimator is written as `q + (w - w.detach())`: its value is exactly `q` (w - w is
+exactly zero) and its gradient is the identity, so the fake-quant output is bit-identical to the serving
+computation.
+
+Serving packs the ternary values 2 bits each (four per byte along the input dimension, value + 1 in {0, 1, 2})
+with one fp32 scale per matrix. A layer restored from its packed form holds the dequantized weight
+`t * s`, the very tensor the training path multiplies with, so both give the same output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.config import NanoPrimeConfig
+from model.modules.norm import rms_norm, upcast
+
+INIT_STD = 0.02
+_SHIFTS = (0, 2, 4, 6)
+
+
+def ternarize(weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Absmean quantization: values in {-1, 0, +1} (in the weight's dtype) and the scale mean|W| (>= fp32)."""
+    wf = upcast(weight)
+    scale = wf.abs().mean().clamp(min=eps)
+    return (wf / scale).round().clamp(-1, 1).to(weight.dtype), scale
+
+
+def quantize_activations(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Per-token absmax fake quantization to 8 bits (the int8 grid mapped back to x's scale)."""
+    xf = upcast(x)
+    scale = 127.0 / xf.abs().amax(dim=-1, keepdim=True).clamp(min=eps)
+    return ((xf * scale).round().clamp(-128, 127) / scale).to(x.dtype)
+
+
+def straight_through(quantized: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+    """Forward value exactly `quantized`, gradient passed unchanged to `latent`."""
+    return quantized.detach() + (latent - latent.detach())
+
+
+@dataclass
+class PackedTernary:
+    """Serving form of one BitLinear weight: 2-bit codes (out, ceil(in / 4)) uint8 and an fp32 scale."""
+
+    data: torch.Tensor
+    scale: torch.Tensor
+    in_features: int
+
+
+def pack_ternary(values: torch.Tensor) -> torch.Tensor:
+    """Pack a (out, in) tensor of {-1, 0, +1} into (out, ceil(in / 4)) uint8, four values per byte."""
+    if values.dim() != 2:
+        raise ValueError(f"pack_ternary expects a 2-D weight, got shape {tuple(values.shape)}")
+    codes = values.round().to(torch.int16) + 1
+    if bool(((codes < 0) | (codes > 2)).any()) or not torch.equal(codes.to(values.dtype) - 1, values):
+        raise ValueError("pack_ternary expects every value in {-1, 0, +1}")
+    out_features, in_features = values.shape
+    pad = (-in_features) % 4
+    codes = F.pad(codes, (0, pad), value=1).to(torch.uint8).view(out_features, -1, 4)
+    packed = torch.zeros(codes.shape[:2], dtype=torch.uint8, device=values.device)
+    for i, shift in enumerate(_SHIFTS):
+        packed |= codes[..., i] << shift
+    return packed
+
+
+def unpack_ternary(packed: torch.Tensor, in_features: int) -> torch.Tensor:
+    """Inverse of pack_ternary: int8 values in {-1, 0, +1} of shape (out, in_features)."""
+    if packed.dtype != torch.uint8 or packed.dim() != 2:
+        raise ValueError(
+            f"packed ternary weights must be a 2-D uint8 tensor, got {packed.dtype} {tuple(packed.shape)}"
+        )
+    if packed.shape[1] != (in_features + 3) // 4:
+        raise ValueError(
+            f"packed weight has {packed.shape[1]} bytes per row; {in_features} inputs need "
+            f"{(in_features + 3) // 4}"
+        )
+    shifts = torch.tensor(_SHIFTS, dtype=torch.uint8, device=packed.device)
+    codes = (packed.unsqueeze(-1) >> shifts) & 3
+    if bool((codes == 3).any()):
+        raise ValueError("packed ternary weights contain the invalid 2-bit code 3")
+    return (codes.view(packed.shape[0], -1)[:, :in_features].to(torch.int8) - 1).contiguous()
+
+
+class BitLinear(nn.Module):
+    """A linear layer with ternary weights and (optionally) 8-bit activations; see the module docstring.
+
+    `input_norm=False, quantize_activations=False` leaves only the weight quantization, which keeps the layer
+    linear in its input (MLA's latent up-projection relies on this to absorb it into the query and output).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = False,
+        eps: float = 1e-5,
+        input_norm: bool = True,
+        quantize_activations: bool = True,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.eps = eps
+        self.input_norm = input_norm
+        self.quantize_activations = quantize_activations
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        # Set only in the serving form: then `weight` already holds the dequantized ternary values t * s.
+        self.register_buffer("weight_scale", None)
+        nn.init.normal_(self.weight, std=INIT_STD)
+
+    @property
+    def is_packed(self) -> bool:
+        return self.weight_scale is not None
+
+    def quantized_weight(self) -> torch.Tensor:
+        """The weight the layer multiplies with: t * s (differentiable to the latent weight when training)."""
+        if self.is_packed:
+            return self.weight
+        values, scale = ternarize(self.weight, self.eps)
+        return straight_through(values * scale.to(values.dtype), self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_norm:
+            x = rms_norm(x, self.eps)
+        if self.quantize_activations:
+            x = straight_through(quantize_activations(x, self.eps), x)
+        return F.linear(x, self.quantized_weight(), self.bias)
+
+    # ---- serving form --------------------------------------------------------------------------------------
+    def pack(self) -> PackedTernary:
+        """The 2-bit packed ternary weight and its fp32 scale."""
+        with torch.no_grad():
+            if self.is_packed:
+                scale = self.weight_scale.float()
+                values = (self.weight.float() / scale).round()
+            else:
+                values, scale = ternarize(self.weight, self.eps)
+            return PackedTernary(
+                pack_ternary(values.float()), scale.detach().float().clone(), self.in_features
+            )
+
+    @torch.no_grad()
+    def load_packed(self, packed: PackedTernary) -> None:
+        """Switch this layer to the serving form holding `packed` (frozen: it no longer trains)."""
+        if packed.in_features != self.in_features or packed.data.shape[0] != self.out_features:
+            raise ValueError(
+                f"packed weight is for a {packed.in_features}->{packed.data.shape[0]} layer, "
+                f"this layer is {self.in_features}->{self.out_features}"
+            )
+        if (
+            packed.scale.numel() != 1
+            or not bool(torch.isfinite(packed.scale).all())
+            or float(packed.scale) <= 0
+        ):
+            raise ValueError(f"packed weight scale must be one positive finite number, got {packed.scale}")
+        scale = packed.scale.reshape(()).to(device=self.weight.device, dtype=torch.float32)
+        values = unpack_ternary(packed.data.to(self.weight.device), self.in_features)
+        self.weight = nn.Parameter((values.float() * scale).to(self.weight.dtype), requires_grad=False)
+        self.weight_scale = scale
+
+    @classmethod
+    def from_packed(
+        cls,
+        packed: PackedTernary,
+        bias: torch.Tensor | None = None,
+        eps: float = 1e-5,
+        input_norm: bool = True,
+        quantize_activations: bool = True,
+    ) -> BitLinear:
+        """Build a serving-form layer from its packed weight (and optional bias)."""
+        layer = cls(
+            packed.in_features, packed.data.shape[0], bias is not None, eps, input_norm, quantize_activations
+        )
+        layer.load_packed(packed)
+        if bias is not None:
+            layer.bias.data.copy_(bias)
+        return layer
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, "
+            f"input_norm={self.input_norm}, quantize_activations={self.quantize_activations}, "
+            f"packed={self.is_packed}"
+        )
+
+
+def make_linear(
+    config: NanoPrimeConfig,
+    in_features: int,
+    out_features: int,
+    *,
+    bias: bool = False,
+    input_norm: bool = True,
+    quantize_activations: bool = True,
+) -> nn.Module:
+    """BitLinear for a block's linear layer, or a plain nn.Linear when config.bitnet.enabled is False."""
+    if config.bitnet.enabled:
+        return BitLinear(in_features, out_features, bias, config.bitnet.eps, input_norm, quantize_activations)
+    layer = nn.Linear(in_features, out_features, bias=bias)
+    nn.init.normal_(layer.weight, std=INIT_STD)
+    if bias:
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+def effective_weight(layer: nn.Module) -> torch.Tensor:
+    """The matrix a BitLinear or nn.Linear really multiplies with (for weight absorption)."""
+    if isinstance(layer, BitLinear):
+        return layer.quantized_weight()
+    if isinstance(layer, nn.Linear):
+        return layer.weight
+    raise TypeError(f"effective_weight expects BitLinear or nn.Linear, got {type(layer).__name__}")

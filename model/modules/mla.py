@@ -1,0 +1,214 @@
+"""Multi-Head Latent Attention (DeepSeek-V2): the cache is a small latent, not per-head keys and values.
+
+Per token, with H heads, C = kv_lora_rank and R = rope_dim:
+
+    q            = W_q x                               -> H x (nope + R), split into q_nope, q_rope
+    [c ; k_rope] = W_kv_a x                            c: the latent (C), k_rope: one rope key for all heads
+    c            = RMSNorm(c)
+    [k_nope ; v] = W_kv_b c                            per head: nope + v_dim
+    k            = [k_nope ; RoPE(k_rope)],  q = [q_nope ; RoPE(q_rope)]
+    out          = W_o softmax(q k^T / sqrt(nope + R)) v        (causal)
+
+Training runs exactly that with F.scaled_dot_product_attention. Decoding caches only c and RoPE(k_rope), and
+absorbs W_kv_b (linear in c: a BitLinear without input norm or activation quantization) into the other side:
+
+    q_nope . (W_uk c) = (W_uk^T q_nope) . c            the query moves into latent space (H x C)
+    sum_s p_s W_uv c_s = W_uv (sum_s p_s c_s)          attention averages latents; W_uv applies once
+
+so every head attends to the same cached (C + R)-vector per token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.config import NanoPrimeConfig
+from model.modules.bitnet import effective_weight, make_linear
+from model.modules.norm import RMSNorm
+from model.modules.rope import RotaryEmbedding, apply_rope
+
+
+@dataclass
+class MLACache:
+    """Per-row latent cache: rows use their first lengths[b] slots; capacity grows by doubling."""
+
+    latent: torch.Tensor  # (B, capacity, kv_lora_rank), normalised
+    k_rope: torch.Tensor  # (B, capacity, rope_dim), already rotated
+
+    @property
+    def capacity(self) -> int:
+        return self.latent.shape[1]
+
+    def reserve(self, needed: int) -> None:
+        """Grow (in place) so that `needed` slots fit, to the next power of two at least doubling."""
+        if needed <= self.capacity:
+            return
+        capacity = max(_next_power_of_two(needed), 2 * self.capacity)
+        self.latent = _grow(self.latent, capacity)
+        self.k_rope = _grow(self.k_rope, capacity)
+
+    def write(self, latent: torch.Tensor, k_rope: torch.Tensor, past_lengths: torch.Tensor) -> None:
+        """Store the T new tokens of each row at slots past_lengths[b] .. past_lengths[b] + T - 1."""
+        batch, steps, _ = latent.shape
+        self.reserve(int(past_lengths.max()) + steps)
+        slots = (past_lengths.unsqueeze(1) + torch.arange(steps, device=latent.device)).unsqueeze(-1)
+        self.latent.scatter_(
+            1, slots.expand(batch, steps, self.latent.shape[-1]), latent.to(self.latent.dtype)
+        )
+        self.k_rope.scatter_(
+            1, slots.expand(batch, steps, self.k_rope.shape[-1]), k_rope.to(self.k_rope.dtype)
+        )
+
+    def nbytes(self, lengths: torch.Tensor) -> int:
+        per_token = (self.latent.shape[-1] * self.latent.element_size()) + (
+            self.k_rope.shape[-1] * self.k_rope.element_size()
+        )
+        return int(lengths.sum()) * per_token
+
+    def select(self, indices: torch.Tensor) -> MLACache:
+        return MLACache(self.latent[indices], self.k_rope[indices])
+
+    def clone(self) -> MLACache:
+        return MLACache(self.latent.clone(), self.k_rope.clone())
+
+    @classmethod
+    def concat(cls, caches: list[MLACache], lengths: list[torch.Tensor]) -> MLACache:
+        """Stack the rows of several caches, keeping the longest used prefix (rounded up to a power of 2)."""
+        used = [int(rows.max()) if rows.numel() else 0 for rows in lengths]
+        for cache, tokens in zip(caches, used, strict=True):
+            if tokens > cache.capacity:
+                raise ValueError(f"an MLA cache of capacity {cache.capacity} cannot hold {tokens} tokens")
+        capacity = _next_power_of_two(max(used)) if max(used, default=0) else 0
+        latent = torch.cat([_fit(cache.latent, capacity) for cache in caches])
+        k_rope = torch.cat([_fit(cache.k_rope, capacity) for cache in caches])
+        return cls(latent, k_rope)
+
+
+def _next_power_of_two(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def _grow(t: torch.Tensor, capacity: int) -> torch.Tensor:
+    grown = t.new_zeros(t.shape[0], capacity, t.shape[2])
+    grown[:, : t.shape[1]] = t
+    return grown
+
+
+def _fit(t: torch.Tensor, capacity: int) -> torch.Tensor:
+    return t[:, :capacity] if t.shape[1] >= capacity else _grow(t, capacity)
+
+
+class MLA(nn.Module):
+    """Multi-Head Latent Attention mixer (see the module docstring for the equations)."""
+
+    def __init__(self, config: NanoPrimeConfig) -> None:
+        super().__init__()
+        c = config.mla
+        self.n_heads = c.n_heads
+        self.nope_dim = c.nope_head_dim
+        self.rope_dim = c.rope_dim
+        self.v_dim = c.v_head_dim
+        self.kv_lora_rank = c.kv_lora_rank
+        self.scale = (c.nope_head_dim + c.rope_dim) ** -0.5
+        q_out = c.n_heads * (c.nope_head_dim + c.rope_dim)
+        if c.q_lora_rank is None:
+            self.q_proj = make_linear(config, config.d_model, q_out)
+        else:
+            self.q_a = make_linear(config, config.d_model, c.q_lora_rank)
+            self.q_norm = RMSNorm(c.q_lora_rank, config.norm_eps)
+            self.q_b = make_linear(config, c.q_lora_rank, q_out)
+        self.kv_a = make_linear(config, config.d_model, c.kv_lora_rank + c.rope_dim)
+        self.kv_norm = RMSNorm(c.kv_lora_rank, config.norm_eps)
+        self.kv_b = make_linear(
+            config,
+            c.kv_lora_rank,
+            c.n_heads * (c.nope_head_dim + c.v_head_dim),
+            input_norm=False,
+            quantize_activations=False,
+        )
+        self.o_proj = make_linear(config, c.n_heads * c.v_head_dim, config.d_model)
+        self.rotary = RotaryEmbedding(c.rope_dim, c.rope_theta)
+
+    def new_cache(
+        self, batch_size: int, device: torch.device | str, dtype: torch.dtype = torch.float32
+    ) -> MLACache:
+        return MLACache(
+            torch.zeros(batch_size, 0, self.kv_lora_rank, device=device, dtype=dtype),
+            torch.zeros(batch_size, 0, self.rope_dim, device=device, dtype=dtype),
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: MLACache | None = None,
+        past_lengths: torch.Tensor | None = None,
+        new_lengths: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        batch, steps, _ = x.shape
+        q = self._queries(x).view(batch, steps, self.n_heads, self.nope_dim + self.rope_dim)
+        q_nope, q_rope = q.split((self.nope_dim, self.rope_dim), dim=-1)
+        latent, k_rope = self.kv_a(x).split((self.kv_lora_rank, self.rope_dim), dim=-1)
+        latent = self.kv_norm(latent)
+
+        offsets = torch.arange(steps, device=x.device)
+        if cache is None:
+            cos, sin = self.rotary(offsets)  # (T, R): positions 0..T-1 for every row
+            q_rope = apply_rope(q_rope, cos.unsqueeze(1), sin.unsqueeze(1))
+            k_rope = apply_rope(k_rope, cos, sin)
+            out = self._attend_expanded(q_nope, q_rope, latent, k_rope)
+        else:
+            if past_lengths is None:
+                raise ValueError("MLA with a cache needs past_lengths")
+            positions = past_lengths.unsqueeze(1) + offsets  # (B, T)
+            cos, sin = self.rotary(positions)
+            q_rope = apply_rope(q_rope, cos.unsqueeze(2), sin.unsqueeze(2))
+            cache.write(latent, apply_rope(k_rope, cos, sin), past_lengths)
+            out = self._attend_absorbed(q_nope, q_rope, cache, positions)
+        return self.o_proj(out)
+
+    def _queries(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "q_proj"):
+            return self.q_proj(x)
+        return self.q_b(self.q_norm(self.q_a(x)))
+
+    def _attend_expanded(
+        self, q_nope: torch.Tensor, q_rope: torch.Tensor, latent: torch.Tensor, k_rope: torch.Tensor
+    ) -> torch.Tensor:
+        """Training form: up-project the latent to per-head keys and values, causal SDPA."""
+        batch, steps, heads, _ = q_nope.shape
+        kv = self.kv_b(latent).view(batch, steps, heads, self.nope_dim + self.v_dim)
+        k_nope, v = kv.split((self.nope_dim, self.v_dim), dim=-1)
+        k = torch.cat((k_nope, k_rope.unsqueeze(2).expand(batch, steps, heads, self.rope_dim)), dim=-1)
+        q = torch.cat((q_nope, q_rope), dim=-1)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=self.scale
+        )
+        return out.transpose(1, 2).reshape(batch, steps, heads * self.v_dim)
+
+    def _attend_absorbed(
+        self, q_nope: torch.Tensor, q_rope: torch.Tensor, cache: MLACache, positions: torch.Tensor
+    ) -> torch.Tensor:
+        """Cached form: attention in latent space, each (token, head) query a row against the shared cache."""
+        batch, steps, heads, _ = q_nope.shape
+        w_kv_b = effective_weight(self.kv_b).view(heads, self.nope_dim + self.v_dim, self.kv_lora_rank)
+        w_uk, w_uv = w_kv_b.split((self.nope_dim, self.v_dim), dim=1)
+        q_latent = torch.einsum("bthn,hnc->bthc", q_nope, w_uk.to(q_nope.dtype))
+        query = torch.cat((q_latent, q_rope), dim=-1).reshape(batch, 1, steps * heads, -1)
+
+        keys_needed = int(positions.max()) + 1
+        latent = cache.latent[:, :keys_needed].to(q_nope.dtype)
+        key = torch.cat((latent, cache.k_rope[:, :keys_needed].to(q_nope.dtype)), dim=-1).unsqueeze(1)
+        visible = torch.arange(keys_needed, device=positions.device) <= positions.unsqueeze(-1)  # (B, T, L)
+        mask = (
+            visible.unsqueeze(2).expand(batch, steps, heads, keys_needed).reshape(batch, 1, steps * heads, -1)
+        )
+        out_latent = F.scaled_dot_product_attention(
+            query, key, latent.unsqueeze(1), attn_mask=mask, scale=self.scale
+        )
+        out_latent = out_latent.view(batch, steps, heads, self.kv_lora_rank)
+        out = torch.einsum("bthc,hvc->bthv", out_latent, w_uv.to(out_latent.dtype))
+        return out.reshape(batch, steps, heads * self.v_dim)

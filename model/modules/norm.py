@@ -1,0 +1,32 @@
+"""RMSNorm: the only normalisation in NanoPrime (blocks, the final norm, MLA's latent, BitLinear's input)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """x in at least fp32 (fp64 stays fp64): the precision for norms, quantizers and rotations."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / rms(x) over the last dimension, in at least fp32 so bf16 activations keep their precision."""
+    xf = upcast(x)
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with a learned per-channel scale (initialised to one)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * rms_norm(x, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
