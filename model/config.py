@@ -1,8 +1,8 @@
 """Model configuration: plain dataclasses, JSON round-trip, and named presets.
 
-Every shape the model, training and the server agree on lives here. `NanoPrimeConfig.from_dict` refuses unknown
-keys and impossible shapes with a ValueError that names the offending field, so a typo in a recipe or a corrupt
-config.json fails loudly instead of building a different model.
+Every shape the model, training and the server agree on lives here. `NanoPrimeConfig.from_dict` refuses
+unknown keys and impossible shapes with a ValueError that names the offending field, so a typo in a recipe or
+a corrupt config.json fails loudly instead of building a different model.
 """
 
 from __future__ import annotations
@@ -19,10 +19,15 @@ LAYER_TYPES = ("mamba", "mla")
 
 @dataclass
 class BitNetConfig:
-    """BitNet b1.58 linear layers; `enabled=False` swaps in plain nn.Linear for ablations and reference tests."""
+    """BitNet b1.58 linear layers; `enabled=False` swaps in plain nn.Linear for ablations and reference tests.
+
+    `quantize_activations=False` keeps the ternary weights but skips the 8-bit activation quantizer
+    (W1.58A16): an ablation, and the exactness tests' way to compare code paths without its rounding jumps.
+    """
 
     enabled: bool = True
     eps: float = 1e-5
+    quantize_activations: bool = True
 
 
 @dataclass
@@ -97,7 +102,7 @@ class NanoPrimeConfig:
             self.ffn_hidden = _round_up(int(8 * self.d_model / 3), 64)
         self.validate()
 
-    # ---- validation -------------------------------------------------------------------------------------------
+    # ---- validation ---------------------------------------------------------------------------------------
     def validate(self) -> None:
         """Raise ValueError naming the first field whose value cannot build a model."""
         positive = {
@@ -123,33 +128,47 @@ class NanoPrimeConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"config field '{name}' must be a positive integer, got {value!r}")
         if self.mla.rope_dim <= 0 or self.mla.rope_dim % 2:
-            raise ValueError(f"config field 'mla.rope_dim' must be a positive even integer, got {self.mla.rope_dim}")
+            raise ValueError(
+                f"config field 'mla.rope_dim' must be a positive even integer, got {self.mla.rope_dim}"
+            )
         if self.mla.q_lora_rank is not None and self.mla.q_lora_rank <= 0:
-            raise ValueError(f"config field 'mla.q_lora_rank' must be None or positive, got {self.mla.q_lora_rank}")
+            raise ValueError(
+                f"config field 'mla.q_lora_rank' must be None or positive, got {self.mla.q_lora_rank}"
+            )
         if len(self.layer_pattern) != self.n_layers:
             raise ValueError(
-                f"config field 'layer_pattern' has {len(self.layer_pattern)} entries but n_layers is {self.n_layers}"
+                f"config field 'layer_pattern' has {len(self.layer_pattern)} entries "
+                f"but n_layers is {self.n_layers}"
             )
         for kind in self.layer_pattern:
             if kind not in LAYER_TYPES:
-                raise ValueError(f"config field 'layer_pattern' has unknown layer type {kind!r}; use {LAYER_TYPES}")
+                raise ValueError(
+                    f"config field 'layer_pattern' has unknown layer type {kind!r}; use {LAYER_TYPES}"
+                )
         d_inner = self.mamba.expand * self.d_model
         if self.mamba.use_mamba2 and d_inner % self.mamba.head_dim:
             raise ValueError(
-                f"config field 'mamba.head_dim' ({self.mamba.head_dim}) must divide expand*d_model ({d_inner})"
+                f"config field 'mamba.head_dim' ({self.mamba.head_dim}) must divide "
+                f"expand*d_model ({d_inner})"
             )
         if self.mamba.use_mamba2 and (d_inner // self.mamba.head_dim) % self.mamba.n_groups:
             raise ValueError("config field 'mamba.n_groups' must divide the number of Mamba-2 heads")
+        if self.router.enabled and self.router.n_experts < 2:
+            raise ValueError(
+                "config field 'router.n_experts' must be >= 2 (a fast and a slow path), "
+                f"got {self.router.n_experts}"
+            )
         if self.router.temperature <= 0:
             raise ValueError(f"config field 'router.temperature' must be > 0, got {self.router.temperature}")
         if not 0 < self.thinking_loop.halt_threshold <= 1:
             raise ValueError("config field 'thinking_loop.halt_threshold' must be in (0, 1]")
         if self.format_version != CONFIG_FORMAT_VERSION:
             raise ValueError(
-                f"config field 'format_version' is {self.format_version}; this code reads {CONFIG_FORMAT_VERSION}"
+                f"config field 'format_version' is {self.format_version}; "
+                f"this code reads {CONFIG_FORMAT_VERSION}"
             )
 
-    # ---- serialisation ----------------------------------------------------------------------------------------
+    # ---- serialisation ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -226,7 +245,7 @@ def _round_up(value: int, multiple: int) -> int:
     return (value + multiple - 1) // multiple * multiple
 
 
-# ---- presets ------------------------------------------------------------------------------------------------------
+# ---- presets ---------------------------------------------------------------------------------------------
 def _tiny() -> NanoPrimeConfig:
     """A few hundred thousand parameters: fast enough for every unit test on CPU."""
     return NanoPrimeConfig(
@@ -241,24 +260,27 @@ def _tiny() -> NanoPrimeConfig:
 
 
 def _pocket() -> NanoPrimeConfig:
-    """The shipped default model's shape: ~10-25M parameters, an 8k vocabulary."""
+    """The shipped default model's shape: ~18M parameters, an 8k vocabulary.
+
+    kv_lora_rank + rope_dim = 80 keeps the cache near 6% of an all-MHA transformer of the same shape.
+    """
     return NanoPrimeConfig(
         vocab_size=8192,
         d_model=384,
         n_layers=8,
         ffn_hidden=1024,
         max_seq_len=2048,
-        mla=MLAConfig(n_heads=6, kv_lora_rank=128, rope_dim=32, nope_head_dim=64, v_head_dim=64),
+        mla=MLAConfig(n_heads=6, kv_lora_rank=64, rope_dim=16, nope_head_dim=64, v_head_dim=64),
         mamba=MambaConfig(d_state=16, d_conv=4, expand=2, head_dim=64, chunk_size=64),
     )
 
 
 def _v2_142m() -> NanoPrimeConfig:
-    """The seed's v2 shape: d_model 768, vocabulary 50304, ~142.6M parameters."""
+    """The seed's v2 shape: d_model 768, vocabulary 50304, ~142.4M parameters (7 Mamba-2 + 7 MLA blocks)."""
     return NanoPrimeConfig(
         vocab_size=50304,
         d_model=768,
-        n_layers=12,
+        n_layers=14,
         ffn_hidden=2048,
         max_seq_len=4096,
         mla=MLAConfig(n_heads=12, kv_lora_rank=128, rope_dim=32, nope_head_dim=64, v_head_dim=64),
@@ -267,12 +289,12 @@ def _v2_142m() -> NanoPrimeConfig:
 
 
 def _elleci_1_5b() -> NanoPrimeConfig:
-    """The 1.5B shape."""
+    """The 1.5B shape: ~1.49B parameters, untied head."""
     return NanoPrimeConfig(
         vocab_size=32128,
         d_model=2048,
         n_layers=24,
-        ffn_hidden=5632,
+        ffn_hidden=6144,
         max_seq_len=4096,
         tie_embeddings=False,
         mla=MLAConfig(n_heads=16, kv_lora_rank=256, rope_dim=64, nope_head_dim=128, v_head_dim=128),

@@ -208,7 +208,8 @@ def make_linear(
 ) -> nn.Module:
     """BitLinear for a block's linear layer, or a plain nn.Linear when config.bitnet.enabled is False."""
     if config.bitnet.enabled:
-        return BitLinear(in_features, out_features, bias, config.bitnet.eps, input_norm, quantize_activations)
+        quantize = quantize_activations and config.bitnet.quantize_activations
+        return BitLinear(in_features, out_features, bias, config.bitnet.eps, input_norm, quantize)
     layer = nn.Linear(in_features, out_features, bias=bias)
     nn.init.normal_(layer.weight, std=INIT_STD)
     if bias:
