@@ -82,6 +82,18 @@ class Tokenizer:
             raise ValueError(f"cannot read tokenizer {file}: {error}") from error
         return cls(hf_tokenizer, source=f"tokenizer {file}")
 
+    @classmethod
+    def from_str(cls, text: str) -> Tokenizer:
+        """From the JSON text of a tokenizer.json (as `to_str` gives it)."""
+        try:
+            hf_tokenizer = HFTokenizer.from_str(text)
+        except Exception as error:  # the tokenizers library raises a bare Exception on bad JSON
+            raise ValueError(f"cannot read tokenizer JSON: {error}") from error
+        return cls(hf_tokenizer)
+
+    def to_str(self) -> str:
+        return self._tok.to_str()
+
     def save(self, directory: str | Path, model_max_length: int | None = None) -> None:
         """Write tokenizer.json + tokenizer_config.json (with the Jinja chat template) for transformers."""
         directory = Path(directory)

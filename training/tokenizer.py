@@ -47,7 +47,8 @@ def train_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=show_progress,
     )
-    hf_tokenizer.train_from_iterator(_documents(items, delimiter), trainer=trainer)
+    documents = (_without_special_tokens(doc) for doc in _documents(items, delimiter))
+    hf_tokenizer.train_from_iterator(documents, trainer=trainer)
     return Tokenizer(hf_tokenizer)
 
 
@@ -64,6 +65,13 @@ def _documents(items: list[str | Path], delimiter: str | None) -> Iterator[str]:
             yield from (part for part in parts if part.strip())
         else:
             yield item
+
+
+def _without_special_tokens(text: str) -> str:
+    """BPE training does not isolate special tokens: a rendered chat would spend merges on '<|', '|>'."""
+    for token in SPECIAL_TOKENS:
+        text = text.replace(token, "\n")
+    return text
 
 
 def _is_file(item: str) -> bool:
