@@ -153,6 +153,7 @@ class StateCache:
         self.bytes = 0
         self.hits = 0
         self.misses = 0
+        self.reused_tokens = 0  # prompt tokens that did not need a prefill
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -184,6 +185,7 @@ class StateCache:
             self.misses += 1
             return 0, None
         self.hits += 1
+        self.reused_tokens += len(best)
         self._entries.move_to_end(best)
         return len(best), self._entries[best].clone()
 
@@ -276,6 +278,7 @@ class Engine:
             "kept_state_bytes": self.states.bytes,
             "state_cache_hits": self.states.hits,
             "state_cache_misses": self.states.misses,
+            "state_cache_reused_tokens": self.states.reused_tokens,
         }
 
     # ---- the worker ----------------------------------------------------------------------------------------
@@ -373,12 +376,13 @@ class Engine:
         """Remove rows from the batch, keep their states for reuse and send their Done events."""
         if not rows or self._batch is None:
             return
-        for i in rows:
-            self._finish(self._active[i], self._batch.select([i]), reason)
+        leaving = [(self._active[i], self._batch.select([i])) for i in rows]
         gone = set(rows)
         keep = [i for i in range(len(self._active)) if i not in gone]
         self._batch = self._batch.select(keep) if keep else None
         self._active = [self._active[i] for i in keep]
+        for seq, state in leaving:  # after the batch shrank, so stats() agrees with the Done a caller sees
+            self._finish(seq, state, reason)
 
     def _finish(self, seq: _Sequence, state: InferenceState, reason: str) -> None:
         """Send the last events and Done for a sequence whose `state` holds all but its last sampled token.

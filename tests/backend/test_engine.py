@@ -1,0 +1,288 @@
+"""The engine on the real tiny model: batching, cancellation, budgets, the queue bound and state reuse."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from backend.engine import Engine, EngineBusy, StateCache
+from model.generation import Done, Failed, SamplingParams, ThinkingDelta, TokenDelta
+from tests.fixtures import build_tiny_model
+
+PROMPTS = [
+    "Ciao, come stai?",
+    "Perché il caffè è così buono? 🍕",
+    "Tell me a story about a robot 🤖 and a città",
+    "1 2 3",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matrices gain nothing from threads, and on a shared two-core machine spinning threads thrash."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer():
+    return build_tiny_model()
+
+
+@pytest.fixture
+def make_engine(model_and_tokenizer):
+    engines: list[Engine] = []
+
+    def make(start: bool = True, **kwargs) -> Engine:
+        model, tokenizer = model_and_tokenizer
+        engine = Engine(model, tokenizer, **kwargs)
+        if start:
+            engine.start()
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.shutdown()
+
+
+def chat(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def greedy(max_new_tokens: int = 24, **kwargs) -> SamplingParams:
+    return SamplingParams(temperature=0, max_new_tokens=max_new_tokens, **kwargs)
+
+
+@torch.inference_mode()
+def plain_greedy_loop(model, tokenizer, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    """The reference: re-run model.forward over the whole sequence for every token, no state, argmax."""
+    ids = list(prompt_ids)
+    out: list[int] = []
+    while len(out) < max_new_tokens:
+        logits, _ = model(torch.tensor([ids]))
+        token = int(logits[0, -1].argmax())
+        out.append(token)
+        ids.append(token)
+        if token in (tokenizer.end_of_turn_id, tokenizer.eos_id):
+            break
+    return out
+
+
+def collect(handle) -> tuple[str, str, Done]:
+    events = list(handle)
+    assert isinstance(events[-1], Done), events[-1]
+    thinking = "".join(e.text for e in events if isinstance(e, ThinkingDelta))
+    answer = "".join(e.text for e in events if isinstance(e, TokenDelta))
+    return thinking, answer, events[-1]
+
+
+def test_engine_greedy_equals_a_plain_forward_loop(make_engine, model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    engine = make_engine()
+    for text in PROMPTS[:2]:
+        handle = engine.submit(chat(text), greedy())
+        thinking, answer, done = collect(handle)
+        expected = plain_greedy_loop(model, tokenizer, tokenizer.encode_chat(chat(text)), 24)
+        assert handle.output_ids == expected
+        assert done.usage["completion_tokens"] == len(expected)
+        assert done.usage["prompt_tokens"] == len(tokenizer.encode_chat(chat(text)))
+        ended = expected[-1] in (tokenizer.end_of_turn_id, tokenizer.eos_id)
+        assert done.finish_reason == ("stop" if ended else "length")
+        timings = done.timings
+        assert timings["ttft_ms"] >= timings["queue_ms"] >= 0 and timings["total_ms"] >= timings["ttft_ms"]
+        assert timings["tokens_per_s"] > 0 and timings["cache_bytes"] > 0
+
+
+def test_four_prompts_batched_equal_each_alone(make_engine):
+    alone = []
+    solo = make_engine(max_batch_size=1, state_cache_bytes=0)
+    for text in PROMPTS:
+        handle = solo.submit(chat(text), greedy(32))
+        collect(handle)
+        alone.append(handle.output_ids)
+    engine = make_engine(start=False, max_batch_size=4, state_cache_bytes=0)
+    handles = [engine.submit(chat(text), greedy(32)) for text in PROMPTS]
+    engine.start()  # all four are waiting, so they are prefilled and then decoded as one batch
+    for handle in handles:
+        collect(handle)
+    assert [h.output_ids for h in handles] == alone
+    assert len(set(map(tuple, alone))) == 4  # four different continuations, so rows cannot be mixed up
+
+
+def test_seeded_sampling_is_the_same_alone_and_batched(make_engine):
+    params = [SamplingParams(temperature=1.0, top_p=0.9, seed=i, max_new_tokens=20) for i in range(3)]
+    solo = make_engine(max_batch_size=1)
+    alone = []
+    for text, p in zip(PROMPTS, params, strict=False):
+        handle = solo.submit(chat(text), p)
+        collect(handle)
+        alone.append(handle.output_ids)
+    engine = make_engine(start=False, max_batch_size=3)
+    handles = [engine.submit(chat(text), p) for text, p in zip(PROMPTS, params, strict=False)]
+    engine.start()
+    for handle in handles:
+        collect(handle)
+    assert [h.output_ids for h in handles] == alone
+
+
+def test_a_cancelled_request_frees_its_slot_and_the_others_continue_unchanged(make_engine):
+    solo = make_engine(max_batch_size=1, state_cache_bytes=0)
+    expected = []
+    for text in PROMPTS[:3]:
+        handle = solo.submit(chat(text), greedy(40))
+        collect(handle)
+        expected.append(handle.output_ids)
+    long_params = greedy(2000, thinking_budget=1000)
+    engine = make_engine(start=False, max_batch_size=2, state_cache_bytes=0)
+    victim = engine.submit(chat(PROMPTS[3]), long_params)
+    first = engine.submit(chat(PROMPTS[0]), greedy(40))
+    waiting = [engine.submit(chat(text), greedy(40)) for text in PROMPTS[1:3]]
+    engine.start()
+    events = iter(victim)
+    next(events)  # the victim is running
+    victim.cancel()
+    rest = list(events)
+    assert isinstance(rest[-1], Done) and rest[-1].finish_reason == "cancelled"
+    assert len(victim.output_ids) < 50  # it stopped within a few steps of the cancel
+    for handle, ids in zip([first, *waiting], expected, strict=True):
+        collect(handle)
+        assert handle.output_ids == ids
+    assert engine.stats()["active"] == 0 and engine.stats()["free_slots"] == 2
+
+
+def test_cancel_while_queued_ends_without_running(make_engine):
+    engine = make_engine(start=False)
+    handle = engine.submit(chat("ciao"), greedy())
+    handle.cancel()
+    engine.start()
+    thinking, answer, done = collect(handle)
+    assert done.finish_reason == "cancelled" and handle.output_ids == [] and thinking == answer == ""
+
+
+def test_thinking_budget_forces_the_closing_tag_at_n(make_engine, model_and_tokenizer):
+    _, tokenizer = model_and_tokenizer
+    engine = make_engine()
+    for budget in (0, 5):
+        handle = engine.submit(chat(PROMPTS[1]), greedy(30, thinking_budget=budget))
+        thinking, answer, done = collect(handle)
+        ids = handle.output_ids
+        assert ids[budget] == tokenizer.think_end_id
+        assert tokenizer.think_end_id not in ids[:budget]
+        assert done.usage["thinking_tokens"] == budget + 1
+        assert done.usage["answer_tokens"] == len(ids) - budget - 1
+        assert answer  # the answer began after the forced tag
+
+
+def test_thinking_off_prefills_the_empty_block(make_engine, model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    engine = make_engine()
+    handle = engine.submit(chat(PROMPTS[0]), greedy(16, thinking=False))
+    thinking, answer, done = collect(handle)
+    prompt = tokenizer.encode_chat(chat(PROMPTS[0]), thinking=False)
+    assert prompt[-2:] == [tokenizer.think_start_id, tokenizer.think_end_id]
+    assert handle.output_ids == plain_greedy_loop(model, tokenizer, prompt, 16)
+    if tokenizer.think_start_id not in handle.output_ids:
+        assert thinking == "" and done.usage["thinking_tokens"] == 0
+
+
+def test_the_queue_refuses_past_its_bound(make_engine):
+    engine = make_engine(start=False, max_batch_size=1, max_queue=2)
+    handles = [engine.submit(chat(text), greedy(4)) for text in PROMPTS[:2]]
+    assert engine.stats()["queued"] == 2
+    with pytest.raises(EngineBusy, match="busy"):
+        engine.submit(chat(PROMPTS[2]), greedy(4))
+    engine.start()
+    for handle in handles:
+        assert collect(handle)[2].usage["completion_tokens"] >= 1
+    engine.submit(chat(PROMPTS[2]), greedy(4))  # room again
+
+
+def test_bad_requests_fail_at_submit(make_engine):
+    engine = make_engine(start=False)
+    with pytest.raises(ValueError, match="context"):
+        engine.submit(chat("ciao " * 5000), greedy())
+    with pytest.raises(ValueError, match="role"):
+        engine.submit([{"role": "wizard", "content": "hi"}], greedy())
+    with pytest.raises(ValueError, match="top_p"):
+        engine.submit(chat("ciao"), SamplingParams(top_p=0))
+
+
+def test_a_follow_up_turn_from_a_kept_state_equals_a_full_prefill(make_engine, model_and_tokenizer):
+    _, tokenizer = model_and_tokenizer
+    engine = make_engine()
+    fresh = make_engine(state_cache_bytes=0)
+    history = chat(PROMPTS[1])
+    previous_prompt = 0
+    for turn, question in enumerate(["E poi? 🎉", "Grazie, più tardi.", "Ok!"]):
+        reused_before = engine.states.reused_tokens
+        reused = engine.submit(history, greedy(20))
+        thinking, answer, _ = collect(reused)
+        full = fresh.submit(history, greedy(20))
+        collect(full)
+        assert reused.output_ids == full.output_ids, f"turn {turn}"
+        assert engine.states.reused_tokens - reused_before >= previous_prompt  # at least the last prompt
+        previous_prompt = len(tokenizer.encode_chat(history))
+        history = [*history, {"role": "assistant", "content": answer, "thinking": thinking}, *chat(question)]
+    assert engine.states.hits == 2 and fresh.states.hits == 0
+
+
+def test_async_iterator_gives_the_same_events(make_engine):
+    engine = make_engine()
+    sync_events = list(engine.submit(chat(PROMPTS[2]), greedy(12)))
+
+    async def consume():
+        return [event async for event in engine.submit(chat(PROMPTS[2]), greedy(12)).aiter()]
+
+    async_events = asyncio.run(consume())
+    strip = [e for e in async_events if not isinstance(e, Done)]
+    assert strip == [e for e in sync_events if not isinstance(e, Done)]
+    assert async_events[-1].usage == sync_events[-1].usage
+
+
+def test_abandoning_the_async_iterator_cancels(make_engine):
+    engine = make_engine()
+
+    async def first_event_then_leave():
+        handle = engine.submit(chat(PROMPTS[0]), greedy(2000, thinking_budget=1000))
+        stream = handle.aiter()
+        await stream.__anext__()
+        await stream.aclose()
+        return handle
+
+    handle = asyncio.run(first_event_then_leave())
+    assert collect(handle)[2].finish_reason == "cancelled"
+
+
+def test_shutdown_fails_waiting_requests(make_engine):
+    engine = make_engine(start=False)
+    handle = engine.submit(chat("ciao"), greedy())
+    engine.shutdown()
+    events = list(handle)
+    assert len(events) == 1 and isinstance(events[0], Failed) and "shutting down" in events[0].message
+
+
+def test_state_cache_is_an_lru_bounded_in_bytes(model_and_tokenizer):
+    model, _ = model_and_tokenizer
+    with torch.inference_mode():
+        states = []
+        for n in (3, 5, 7):
+            state = model.new_state(batch_size=1)
+            model(torch.arange(1, n + 1)[None], state)
+            states.append(state)
+    size = states[2].nbytes()
+    cache = StateCache(max_bytes=states[0].nbytes() + states[1].nbytes() + size // 2)
+    cache.put([1, 2, 3], states[0])
+    cache.put([1, 2, 3, 4, 5], states[1])
+    assert cache.longest_prefix([1, 2, 3, 4, 5, 6])[0] == 5
+    assert cache.longest_prefix([1, 2, 3, 4, 5])[0] == 3  # a key must leave at least one token to prefill
+    assert cache.longest_prefix([1, 2, 3, 4, 5, 6])[0] == 5  # ... and this use makes [1..5] the newest
+    cache.put(list(range(1, 8)), states[2])  # over budget: the least recently used ([1, 2, 3]) goes
+    assert len(cache) == 2 and cache.bytes <= cache.max_bytes
+    assert cache.longest_prefix([1, 2, 3, 9])[0] == 0
+    kept, state = cache.longest_prefix(list(range(1, 10)))
+    assert kept == 7 and state is not None and torch.equal(state.lengths, states[2].lengths)
