@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from backend.engine import Engine, EngineBusy, StateCache
+from model.checkpoint import load_model_dir
 from model.generation import Done, Failed, SamplingParams, ThinkingDelta, TokenDelta
-from tests.fixtures import build_tiny_model
 
 PROMPTS = [
     "Ciao, come stai?",
@@ -29,8 +29,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def model_and_tokenizer():
-    return build_tiny_model()
+def model_and_tokenizer(tiny_model_dir):
+    return load_model_dir(tiny_model_dir)
 
 
 @pytest.fixture
