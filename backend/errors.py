@@ -86,11 +86,14 @@ async def _validation_error(_request: Request, error: RequestValidationError) ->
     messages = []
     for problem in problems:
         field = _field_name(tuple(problem.get("loc", ())))
+        kind = problem.get("type")
         text = problem.get("msg", "invalid value")
-        if problem.get("type") == "missing":
+        if kind == "missing":
             text = "field required"
-        elif problem.get("type") == "extra_forbidden":
+        elif kind == "extra_forbidden":
             text = "unknown field"
+        elif field == "body" and kind in ("model_attributes_type", "dict_type", "model_type"):
+            text = "the request body must be a JSON object (with Content-Type: application/json)"
         messages.append(f"{field}: {text}")
     first = _field_name(tuple(problems[0].get("loc", ()))) if problems else None
     return error_response(422, "; ".join(messages), "invalid_request_error", first)
@@ -102,7 +105,8 @@ async def _api_error(_request: Request, error: APIError) -> JSONResponse:
 
 async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
     kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
-    return error_response(error.status_code, str(error.detail), kind, headers=getattr(error, "headers", None))
+    param = "body" if error.status_code == 413 else None
+    return error_response(error.status_code, str(error.detail), kind, param, getattr(error, "headers", None))
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:3000", "http://127.0.0.1:3000"]
     # When set, every route but /health (and the static UI) needs `Authorization: Bearer <api_key>`.
     api_key: str | None = None
-    max_queue: int = Field(default=64, ge=0)
+    max_queue: int = Field(default=64, ge=1)
     max_batch_size: int = Field(default=16, ge=1)
     max_new_tokens_limit: int = Field(default=2048, ge=1)
     default_max_new_tokens: int = Field(default=512, ge=1)

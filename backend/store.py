@@ -19,6 +19,7 @@ from backend import orm
 from backend.errors import Conflict, NotFound
 
 TITLE_LENGTH = 60
+USAGE_COLUMNS = ("prompt_tokens", "completion_tokens", "thinking_tokens", "answer_tokens")
 SNIPPET_CONTEXT = 40
 
 # Decides a new answer's fields (settings, seed, model identity) from the conversation and the prompt history,

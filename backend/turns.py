@@ -1,0 +1,302 @@
+"""A chat turn, from the user's message to the stored answer, owned by the server rather than the connection.
+
+`Turns.start` writes the user message and an answer placeholder, submits the prompt, and hands the generation
+to a task that runs it to the end and stores the answer however it ends. The SSE response only subscribes to
+the turn's events: a client that disconnects cancels the generation (the engine drops it at its next step) and
+the task still stores the partial answer, as "stopped". A crash before the end leaves the placeholder in
+"streaming", which the next start marks "interrupted".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+from sse_starlette import ServerSentEvent
+from starlette.concurrency import run_in_threadpool
+
+from backend import orm, store
+from backend.db import session_scope
+from backend.errors import APIError, BadRequest, Conflict
+from backend.runtime import Generation, Runtime
+from backend.schemas import TurnRequest
+from model.generation import Done, Failed, SamplingParams, ThinkingDelta, TokenDelta
+
+log = logging.getLogger("nanoprime.turns")
+
+# The server's settings for anything neither the conversation nor the request sets (max_tokens comes from
+# Settings.default_max_new_tokens).
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "temperature": 0.7,
+    "top_p": 1.0,
+    "top_k": 0,
+    "min_p": 0.0,
+    "repetition_penalty": 1.0,
+    "stop": [],
+    "thinking": True,
+    "thinking_budget": None,
+}
+SHUTDOWN_GRACE_S = 10.0
+
+Begin = Callable[[Session, store.Plan], store.TurnRows]
+
+
+def check_max_tokens(settings: dict[str, Any], limit: int) -> None:
+    if settings.get("max_tokens") is not None and settings["max_tokens"] > limit:
+        raise BadRequest(
+            f"max_tokens: at most {limit} tokens per answer, got {settings['max_tokens']}", "max_tokens"
+        )
+
+
+def sampling_params(settings: dict[str, Any], seed: int) -> SamplingParams:
+    """API-named settings (max_tokens) to the engine's SamplingParams (max_new_tokens)."""
+    return SamplingParams(
+        temperature=float(settings["temperature"]),
+        top_p=float(settings["top_p"]),
+        top_k=int(settings["top_k"]),
+        min_p=float(settings["min_p"]),
+        repetition_penalty=float(settings["repetition_penalty"]),
+        max_new_tokens=int(settings["max_tokens"]),
+        stop=list(settings["stop"]),
+        seed=seed,
+        thinking=bool(settings["thinking"]),
+        thinking_budget=settings["thinking_budget"],
+    )
+
+
+def sse(name: str, data: dict[str, Any]) -> ServerSentEvent:
+    return ServerSentEvent(event=name, data=json.dumps(data, ensure_ascii=False))
+
+
+class Turn:
+    def __init__(self, turns: Turns, rows: store.TurnRows, generation: Generation) -> None:
+        self.rows = rows
+        self.generation = generation
+        self._turns = turns
+        self._events: asyncio.Queue[ServerSentEvent | None] = asyncio.Queue()
+        self._events.put_nowait(
+            sse(
+                "meta",
+                {
+                    "conversation_id": rows.conversation_id,
+                    "user_message_id": rows.user_message_id,
+                    "assistant_message_id": rows.assistant_message_id,
+                    "model": rows.answer["model_name"],
+                    "seed": rows.answer["seed"],
+                    "settings": rows.answer["settings"],
+                },
+            )
+        )
+        self.ended = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def stream(self) -> AsyncIterator[ServerSentEvent]:
+        """The SSE body: meta, thinking*, token*, then done or error. Leaving early cancels the generation."""
+        try:
+            while (event := await self._events.get()) is not None:
+                yield event
+        finally:
+            if not self.ended.is_set():
+                self.generation.cancel()
+
+    async def run(self) -> None:
+        answer: list[str] = []
+        thinking: list[str] = []
+        thinking_started = thinking_ended = None
+        done: Done | None = None
+        failure: str | None = None
+        try:
+            async for event in self.generation.events():
+                if isinstance(event, ThinkingDelta):
+                    thinking_started = thinking_started or time.perf_counter()
+                    thinking.append(event.text)
+                    self._events.put_nowait(sse("thinking", {"delta": event.text}))
+                elif isinstance(event, TokenDelta):
+                    thinking_ended = thinking_ended or time.perf_counter()
+                    answer.append(event.text)
+                    self._events.put_nowait(sse("token", {"delta": event.text}))
+                elif isinstance(event, Done):
+                    done = event
+                elif isinstance(event, Failed):
+                    failure = event.message
+        except asyncio.CancelledError:
+            # The server is going down without waiting for us: keep what there is, synchronously.
+            self._store_now(self._outcome(answer, thinking, None, "the server shut down mid-answer", None))
+            self.ended.set()
+            raise
+        except Exception as error:
+            log.exception("turn %s failed", self.rows.assistant_message_id)
+            failure = f"internal error: {type(error).__name__}: {error}"
+        if done is None and failure is None:
+            failure = "the engine ended the generation without finishing it"
+        thinking_ms = None
+        if thinking_started is not None:
+            thinking_ms = ((thinking_ended or time.perf_counter()) - thinking_started) * 1000
+        outcome = self._outcome(answer, thinking, done, failure, thinking_ms)
+        try:
+            await run_in_threadpool(self._store_now, outcome)
+        except Exception as error:
+            log.exception("could not store answer %s", self.rows.assistant_message_id)
+            failure = f"the answer could not be saved: {type(error).__name__}: {error}"
+        if failure is None and done is not None:
+            data = {
+                "finish_reason": done.finish_reason,
+                "usage": done.usage,
+                "timings": outcome["timings"],
+                "status": outcome["status"],
+                "message_id": self.rows.assistant_message_id,
+            }
+            self._events.put_nowait(sse("done", data))
+        else:
+            self._events.put_nowait(sse("error", {"message": failure}))
+        self.ended.set()
+        self._events.put_nowait(None)
+        self._turns.forget(self)
+
+    def _outcome(
+        self,
+        answer: list[str],
+        thinking: list[str],
+        done: Done | None,
+        failure: str | None,
+        thinking_ms: float | None,
+    ) -> dict[str, Any]:
+        outcome: dict[str, Any] = {"content": "".join(answer), "thinking": "".join(thinking)}
+        if failure is not None:
+            status = orm.INTERRUPTED if failure.startswith("the server shut down") else orm.ERROR
+            outcome.update(
+                status=status, finish_reason="error" if status == orm.ERROR else None, error=failure
+            )
+        elif done is not None:
+            outcome.update(
+                status=orm.STOPPED if done.finish_reason == "cancelled" else orm.COMPLETE,
+                finish_reason=done.finish_reason,
+            )
+        if done is not None:
+            outcome.update({name: done.usage.get(name) for name in store.USAGE_COLUMNS})
+            outcome["timings"] = {**done.timings, "thinking_ms": thinking_ms}
+        else:
+            outcome["timings"] = {"thinking_ms": thinking_ms}
+        return outcome
+
+    def _store_now(self, outcome: dict[str, Any]) -> None:
+        with session_scope(self._turns.sessions) as session:
+            store.finish_turn(session, self.rows.assistant_message_id, outcome)
+
+
+class Turns:
+    """The turns running now, one per conversation at most."""
+
+    def __init__(self, runtime: Runtime, sessions: sessionmaker[Session]) -> None:
+        self.runtime = runtime
+        self.sessions = sessions
+        self._running: dict[str, Turn] = {}
+        self._starting: set[str] = set()
+
+    async def start(
+        self, conversation_id: str, begin: Begin, request: TurnRequest, new_user_message: bool
+    ) -> Turn:
+        """Write the turn's rows, submit it, and run it in a task. Raises an APIError (nothing written) when
+        the conversation is busy or unknown, the settings or prompt are unusable, or the queue is full."""
+        info = self.runtime.require_ready()
+        if conversation_id in self._running or conversation_id in self._starting:
+            raise Conflict(
+                "conversation_id: an answer is already being generated in this conversation",
+                "conversation_id",
+            )
+        given = request.given()
+        check_max_tokens(given, self.runtime.settings.max_new_tokens_limit)
+        self._starting.add(conversation_id)
+        slot = None
+        try:
+            slot = self.runtime.admit()
+            planned: dict[str, SamplingParams] = {}
+
+            def plan(conversation: orm.Conversation, history: list[dict[str, str]]) -> dict[str, Any]:
+                settings = {
+                    **DEFAULT_SETTINGS,
+                    "max_tokens": self.runtime.settings.default_max_new_tokens,
+                    **conversation.settings,
+                    **given,
+                }
+                seed = settings.pop("seed", None)
+                seed = secrets.randbelow(2**31) if seed is None else seed
+                params, _ = self.runtime.fit_to_context(
+                    history, sampling_params(settings, seed), prompt_field="content", strict_field=None
+                )
+                planned["params"] = params
+                settings["max_tokens"] = params.max_new_tokens
+                return {
+                    "settings": settings,
+                    "seed": seed,
+                    "model_name": info.name,
+                    "weights_hash": info.weights_sha256,
+                }
+
+            def write() -> store.TurnRows:
+                with session_scope(self.sessions) as session:
+                    if request.system_prompt is not None:
+                        store.update_conversation(
+                            session, conversation_id, {"system_prompt": request.system_prompt}
+                        )
+                    return begin(session, plan)
+
+            try:
+                rows = await run_in_threadpool(write)
+            except IntegrityError as error:
+                raise Conflict(
+                    "conversation_id: the conversation changed meanwhile; retry", "conversation_id"
+                ) from error
+            try:
+                generation = slot.submit(rows.history, planned["params"])
+            except APIError:
+                await run_in_threadpool(self._discard, rows, not new_user_message)
+                raise
+            turn = Turn(self, rows, generation)
+            self._running[conversation_id] = turn
+            turn.task = asyncio.create_task(turn.run(), name=f"turn {rows.assistant_message_id}")
+            return turn
+        except BaseException:
+            if slot is not None:
+                slot.release()
+            raise
+        finally:
+            self._starting.discard(conversation_id)
+
+    def stop(self, conversation_id: str) -> bool:
+        """Cancel the conversation's running answer; False when none is running."""
+        turn = self._running.get(conversation_id)
+        if turn is None:
+            return False
+        turn.generation.cancel()
+        return True
+
+    def running(self, conversation_id: str) -> Turn | None:
+        return self._running.get(conversation_id)
+
+    def forget(self, turn: Turn) -> None:
+        if self._running.get(turn.rows.conversation_id) is turn:
+            del self._running[turn.rows.conversation_id]
+
+    async def shutdown(self) -> None:
+        """Stop every running answer and wait (briefly) until each is stored as stopped."""
+        turns = list(self._running.values())
+        for turn in turns:
+            turn.generation.cancel()
+        tasks = [turn.task for turn in turns if turn.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_S)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def _discard(self, rows: store.TurnRows, keep_user_message: bool) -> None:
+        with session_scope(self.sessions) as session:
+            store.discard_turn(session, rows, keep_user_message)
