@@ -59,9 +59,6 @@ class MambaCache:
     def clone(self) -> MambaCache:
         return type(self)(self.conv.clone(), self.ssm.clone())
 
-    def to(self, device: torch.device | str) -> MambaCache:
-        return type(self)(self.conv.to(device), self.ssm.to(device))
-
     @classmethod
     def concat(
         cls, caches: Sequence[MambaCache], lengths: Sequence[torch.Tensor] | None = None

@@ -109,15 +109,27 @@ def test_selective_step_matches_transformers():
     torch.testing.assert_close(new_state, state_ref, atol=TOL, rtol=0)
 
 
-@pytest.mark.parametrize(("length", "chunk_size"), [(1, 4), (5, 1), (13, 4), (8, 64)])
-def test_linear_scan_equals_the_recurrence(length, chunk_size):
+@pytest.mark.parametrize(("length", "chunk_size"), [(1, 4), (5, 1), (13, 4), (8, 64), (37, 12)])
+def test_linear_scan_and_its_gradient_equal_the_recurrence(length, chunk_size):
+    """The scan has a hand-written backward, so check values and gradients against autograd through a loop."""
     torch.manual_seed(4)
-    a, b, h0 = torch.rand(2, length, 3), torch.randn(2, length, 3), torch.randn(2, 3)
+    a = torch.rand(2, length, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, length, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
     h, expected = h0, []
     for t in range(length):
         h = a[:, t] * h + b[:, t]
         expected.append(h)
-    torch.testing.assert_close(linear_scan(a, b, h0, chunk_size), torch.stack(expected, 1), atol=1e-5, rtol=0)
+    expected = torch.stack(expected, 1)
+    weights = torch.randn_like(expected)
+    expected_grads = torch.autograd.grad((expected * weights).sum(), (a, b, h0))
+    got = linear_scan(a, b, h0, chunk_size)
+    grads = torch.autograd.grad((got * weights).sum(), (a, b, h0))
+    torch.testing.assert_close(got, expected, atol=1e-10, rtol=0)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, atol=1e-10, rtol=0)
+    without_initial = linear_scan(a, b, None, chunk_size)
+    torch.testing.assert_close(without_initial, linear_scan(a, b, torch.zeros_like(h0), chunk_size))
 
 
 def test_mamba_layer_matches_transformers_composition():
