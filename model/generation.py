@@ -41,6 +41,7 @@ class SamplingParams:
     seed: int | None = None
     thinking: bool = True
     thinking_budget: int | None = None
+    ignore_eos: bool = False  # keep going past end of turn until max_new_tokens (benchmarks, tests)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -65,6 +66,8 @@ class SamplingParams:
             raise ValueError(f"seed must be None or an integer >= 0, got {self.seed!r}")
         if not isinstance(self.thinking, bool):
             raise ValueError(f"thinking must be true or false, got {self.thinking!r}")
+        if not isinstance(self.ignore_eos, bool):
+            raise ValueError(f"ignore_eos must be true or false, got {self.ignore_eos!r}")
         budget = self.thinking_budget
         if budget is not None and (not _is_int(budget) or budget < 0):
             raise ValueError(f"thinking_budget must be None or an integer >= 0, got {budget!r}")
@@ -349,7 +352,7 @@ class TurnDecoder:
         self._splitter = ThinkingSplitter(in_thinking=params.thinking)
         self._stop = StopMatcher(params.stop)
         self._limit = params.max_new_tokens if max_tokens is None else min(max_tokens, params.max_new_tokens)
-        self._end_ids = {tokenizer.eos_id, tokenizer.end_of_turn_id}
+        self._end_ids = set() if params.ignore_eos else {tokenizer.eos_id, tokenizer.end_of_turn_id}
         self._tags = {tokenizer.think_start_id: THINK_START_TEXT, tokenizer.think_end_id: THINK_END_TEXT}
         self.token_ids: list[int] = []
         self.thinking_tokens = 0

@@ -59,6 +59,7 @@ def stream_text(events):
         ("seed", -3),
         ("thinking_budget", -1),
         ("thinking", "yes"),
+        ("ignore_eos", 1),
     ],
 )
 def test_sampling_params_reject_bad_values_by_name(field, value):
@@ -205,6 +206,15 @@ def test_turn_ends_on_end_of_turn_and_counts_thinking(tokenizer):
     assert stream_text(events) == ("ragiono è così", "risposta 🍕")
     assert turn.thinking_tokens == len(tokenizer.encode("ragiono è così")) + 1
     assert turn.answer_tokens == len(ids) + 1 - turn.thinking_tokens
+
+
+def test_ignore_eos_runs_past_the_end_of_turn_to_max_new_tokens(tokenizer):
+    turn = TurnDecoder(tokenizer, SamplingParams(thinking=False, ignore_eos=True, max_new_tokens=3))
+    turn.push(tokenizer.end_of_turn_id)
+    turn.push(tokenizer.eos_id)
+    assert turn.finish_reason is None
+    turn.push(tokenizer.end_of_turn_id)
+    assert turn.finish_reason == "length"
 
 
 def test_turn_stops_on_a_stop_string_and_cuts_it(tokenizer):
