@@ -14,9 +14,11 @@ The conv-window and padding helpers here are shared with Mamba-2.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -144,7 +146,20 @@ def real_token_mask(
     return (torch.arange(length, device=device)[None, :] < new_lengths.to(device)[:, None]).float()
 
 
+def fp32_state_math(fn: Callable) -> Callable:
+    """Run fn with autocast off on its tensors' device: inside a bf16 autocast region the scan's einsums would
+    otherwise drop to bf16, and the recurrent state must stay fp32."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(args[0].device.type, enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 # ---- the scan ----------------------------------------------------------------------------------------------
+@fp32_state_math
 def selective_scan(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -167,6 +182,7 @@ def selective_scan(
     return y, h[:, -1]
 
 
+@fp32_state_math
 def selective_step(
     state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

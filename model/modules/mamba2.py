@@ -26,6 +26,7 @@ from model.modules.mamba import (
     MambaCache,
     causal_conv,
     check_cache_call,
+    fp32_state_math,
     init_dt_bias,
     next_conv_window,
     real_token_mask,
@@ -53,6 +54,7 @@ def segment_sum(a: torch.Tensor) -> torch.Tensor:
     return terms.cumsum(-2).masked_fill(~ones.tril(0), float("-inf"))
 
 
+@fp32_state_math
 def ssd_chunk_scan(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -112,6 +114,7 @@ def ssd_chunk_scan(
     return y, entering[:, -1]
 
 
+@fp32_state_math
 def ssd_step(
     state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -109,6 +109,22 @@ def test_selective_step_matches_transformers():
     torch.testing.assert_close(new_state, state_ref, atol=TOL, rtol=0)
 
 
+def test_selective_scan_and_step_stay_fp32_under_autocast():
+    torch.manual_seed(8)
+    x, dt, A, B, C = scan_inputs(2, 37)
+    state = torch.randn(2, 6, 4)
+    expected = selective_scan(x, dt, A, B, C, 16) + selective_step(
+        state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0]
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = selective_scan(x, dt, A, B, C, 16) + selective_step(
+            state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0]
+        )
+    for g, e in zip(got, expected, strict=True):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, e, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize(("length", "chunk_size"), [(1, 4), (5, 1), (13, 4), (8, 64), (37, 12)])
 def test_linear_scan_and_its_gradient_equal_the_recurrence(length, chunk_size):
     """The scan has a hand-written backward, so check values and gradients against autograd through a loop."""

@@ -74,6 +74,17 @@ def test_ssd_step_matches_transformers():
     torch.testing.assert_close(new_state, state_ref, atol=TOL, rtol=0)
 
 
+def test_ssd_scan_and_step_stay_fp32_under_autocast():
+    torch.manual_seed(5)
+    x, dt, A, B, C, h0 = ssd_inputs(2, 37)
+    expected = ssd_chunk_scan(x, dt, A, B, C, 8, h0) + ssd_step(h0, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ssd_chunk_scan(x, dt, A, B, C, 8, h0) + ssd_step(h0, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0])
+    for g, e in zip(got, expected, strict=True):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, e, atol=1e-6, rtol=0)
+
+
 def test_segment_sum_is_the_sum_between_positions():
     a = torch.randn(6)
     seg = segment_sum(a)
