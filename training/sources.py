@@ -230,6 +230,7 @@ class HFDatasetSource:
         shuffle_buffer: int = 10_000,
     ):
         import datasets  # imported here: loading `datasets` costs a second nobody else needs to pay
+        from datasets.distributed import split_dataset_by_node
 
         self.name = name
         self._ctx = ctx
@@ -256,9 +257,7 @@ class HFDatasetSource:
         self._n_val = ctx.val_docs if ctx.val_fraction > 0 else 0
         self._val_stream = stream.take(self._n_val)
         train = stream.skip(self._n_val)
-        self._train = datasets.distributed.split_dataset_by_node(
-            train, rank=ctx.rank, world_size=ctx.world_size
-        )
+        self._train = split_dataset_by_node(train, rank=ctx.rank, world_size=ctx.world_size)
 
     def _sample(self, record: Any, index: int) -> Sample:
         text_field, messages_field = self._fields

@@ -90,7 +90,7 @@ class DataStream:
             "phase": self.phase,
             "draws": self.draws,
             "consumed": dict(self.consumed),
-            "packer": self.packer.state_dict() if self.packer else None,
+            "packer": self.packer.state_dict() if self.packer is not None else None,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

@@ -76,4 +76,9 @@ def _without_special_tokens(text: str) -> str:
 
 def _is_file(item: str) -> bool:
     """A short single-line string that names an existing file; long or multi-line strings are texts."""
-    return len(item) < 4096 and "\n" not in item and Path(item).is_file()
+    if len(item) > 1024 or "\n" in item:
+        return False
+    try:
+        return Path(item).is_file()
+    except OSError:  # e.g. a name too long for the file system: it is text
+        return False

@@ -271,7 +271,8 @@ class Trainer:
             and step >= self.swa_start
             and (step - self.swa_start) % self.recipe.swa.every == 0
         ):
-            self.swa = self.swa or SWA(self.model)
+            if self.swa is None:
+                self.swa = SWA(self.model)
             self.swa.update(self.model)
         totals = all_reduce_sum(torch.stack([loss_sum, torch.tensor(targets, device=self.device)]))
         tokens = micro * seq_len * len(batches) * self.dist.world_size
@@ -315,10 +316,10 @@ class Trainer:
             "elapsed": self.elapsed,
             "recipe": self.recipe.raw,
             "model_config": self.model.config.to_dict(),
-            "swa_count": self.swa.count if self.swa else 0,
+            "swa_count": self.swa.count if self.swa is not None else 0,
         }
         rank_state = {"data": self.stream.state_dict(), "rng": checkpointing.rng_state(self.device)}
-        swa = self.swa.state_tensors() if self.swa else None
+        swa = self.swa.state_tensors() if self.swa is not None else None
         checkpointing.save_checkpoint(
             path, self.dist, self.model, self.optimizer, self.tokenizer, trainer_state, rank_state, swa
         )
