@@ -91,9 +91,12 @@ def check_cache_call(
     d_model: int,
     cache: MambaCache | None,
     new_lengths: torch.Tensor | None,
-    expected: dict[str, tuple[int, ...]],
+    row_shapes: dict[str, tuple[int, ...]],
 ) -> None:
-    """Raise ValueError for an input or cache that does not fit this layer, not a silent wrong answer."""
+    """Raise ValueError for an input or cache that does not fit this layer, not a silent wrong answer.
+
+    row_shapes: the shape of one row of each cache field, e.g. {"conv": (channels, d_conv - 1), ...}.
+    """
     if x.ndim != 3 or x.shape[-1] != d_model:
         raise ValueError(f"Mamba input must be (batch, T, {d_model}), got {tuple(x.shape)}")
     if x.shape[1] == 0:
@@ -102,7 +105,8 @@ def check_cache_call(
         if new_lengths is not None:
             raise ValueError("new_lengths is only meaningful with a cache")
         return
-    for name, shape in expected.items():
+    for name, row_shape in row_shapes.items():
+        shape = (x.shape[0], *row_shape)
         got = tuple(getattr(cache, name).shape)
         if got != shape:
             raise ValueError(f"Mamba cache '{name}' has shape {got}, this layer and batch need {shape}")
@@ -243,12 +247,9 @@ class Mamba(nn.Module):
 
         `past_lengths` is there for the common mixer interface: the recurrent state already holds the past.
         """
+        row_shapes = {"conv": (self.d_inner, self.d_conv - 1), "ssm": (self.d_inner, self.d_state)}
+        check_cache_call(x, self.d_model, cache, new_lengths, row_shapes)
         batch, length, _ = x.shape
-        expected = {
-            "conv": (batch, self.d_inner, self.d_conv - 1),
-            "ssm": (batch, self.d_inner, self.d_state),
-        }
-        check_cache_call(x, self.d_model, cache, new_lengths, expected)
 
         xs, z = self.in_proj(x).chunk(2, dim=-1)
         xs, padded = causal_conv(xs, self.conv1d, cache.conv if cache is not None else None)

@@ -194,12 +194,12 @@ class Mamba2(nn.Module):
 
         `past_lengths` is there for the common mixer interface: the recurrent state already holds the past.
         """
-        batch, length, _ = x.shape
-        expected = {
-            "conv": (batch, self.conv_channels, self.d_conv - 1),
-            "ssm": (batch, self.n_heads, self.head_dim, self.d_state),
+        row_shapes = {
+            "conv": (self.conv_channels, self.d_conv - 1),
+            "ssm": (self.n_heads, self.head_dim, self.d_state),
         }
-        check_cache_call(x, self.d_model, cache, new_lengths, expected)
+        check_cache_call(x, self.d_model, cache, new_lengths, row_shapes)
+        batch, length, _ = x.shape
 
         z, xbc, dt = self.in_proj(x).split([self.d_inner, self.conv_channels, self.n_heads], dim=-1)
         xbc, padded = causal_conv(xbc, self.conv1d, cache.conv if cache is not None else None)

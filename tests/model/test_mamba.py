@@ -322,6 +322,8 @@ def test_bad_input_is_refused_with_a_clear_error(kind):
     x = torch.randn(2, 4, mixer.d_model)
     with pytest.raises(ValueError, match="input must be"):
         mixer(torch.randn(2, 4, mixer.d_model + 1))
+    with pytest.raises(ValueError, match="input must be"):
+        mixer(torch.randn(4, mixer.d_model))
     with pytest.raises(ValueError, match="no tokens"):
         mixer(x[:, :0])
     with pytest.raises(ValueError, match="cache 'conv' has shape"):
