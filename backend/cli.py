@@ -90,13 +90,13 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
 
 def start_engine(args: argparse.Namespace, max_batch_size: int, max_queue: int) -> Any:
     """Load the model directory and start an engine on it; a bad directory is a CliError."""
-    import torch  # imported here so `nanoprime --help` stays fast
+    if not args.model.is_dir():
+        raise CliError(f"model directory not found: {args.model}")
+    import torch  # imported here so `nanoprime --help` and a wrong path answer at once
 
     from backend.engine import Engine
     from model.checkpoint import load_model_dir
 
-    if not args.model.is_dir():
-        raise CliError(f"model directory not found: {args.model}")
     try:
         model, tokenizer = load_model_dir(args.model, device=args.device)
     except (ValueError, OSError, RuntimeError) as error:
