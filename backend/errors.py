@@ -87,7 +87,7 @@ async def _validation_error(_request: Request, error: RequestValidationError) ->
     for problem in problems:
         field = _field_name(tuple(problem.get("loc", ())))
         kind = problem.get("type")
-        text = problem.get("msg", "invalid value")
+        text = problem.get("msg", "invalid value").removeprefix("Value error, ")
         if kind == "missing":
             text = "field required"
         elif kind == "extra_forbidden":

@@ -22,7 +22,9 @@ import torch
 from backend.engine import Engine, EngineBusy
 from backend.errors import BadRequest, Busy, Unavailable
 from backend.metrics import Metrics
+from backend.model_card import Figure, read_card
 from backend.settings import Settings
+from model.checkpoint import load_model_dir, weights_sha256
 from model.generation import Done, Event, Failed, SamplingParams, ThinkingDelta, TokenDelta
 
 log = logging.getLogger("nanoprime.runtime")
@@ -43,7 +45,7 @@ class ModelInfo:
     cache_bytes_per_token: int
     state_bytes_per_sequence: int
     config: dict[str, Any]
-    card: dict[str, Any]
+    card: dict[str, Figure]
 
 
 class Runtime:
@@ -65,8 +67,6 @@ class Runtime:
         """Load the model directory and start the engine (blocking: run it in a thread)."""
         path = Path(self.settings.model_dir)
         try:
-            from model.checkpoint import load_model_dir, weights_sha256
-
             if not (path / "config.json").is_file():
                 raise FileNotFoundError(
                     f"no model directory at {path} (config.json missing): train or export one there, "
@@ -238,20 +238,19 @@ class Generation:
             metrics.generations.labels(outcome=outcome or "abandoned").inc()
 
 
-def describe_model(model: torch.nn.Module, path: Path, weights_hash: str) -> ModelInfo:
+def describe_model(model: Any, path: Path, weights_hash: str) -> ModelInfo:
     """Name, size, context and cache figures of a loaded model; cache growth is measured on a real state."""
-    config = model.config
     per_token, fixed = measure_cache_bytes(model)
-    card = read_card(path)
+    name, card = read_card(path)
     return ModelInfo(
-        name=str(card.get("name") or path.name),
+        name=name or path.resolve().name,
         path=str(path),
         weights_sha256=weights_hash,
-        parameters=int(card.get("parameters") or count_parameters(model)),
-        context_length=config.max_seq_len,
+        parameters=model.num_parameters(),
+        context_length=model.config.max_seq_len,
         cache_bytes_per_token=per_token,
         state_bytes_per_sequence=fixed,
-        config=config.to_dict(),
+        config=model.config.to_dict(),
         card=card,
     )
 
@@ -266,11 +265,3 @@ def measure_cache_bytes(model: torch.nn.Module) -> tuple[int, int]:
     _, state = model(torch.zeros(1, 1, dtype=torch.long, device=device), state)
     per_token = state.nbytes() - one
     return per_token, one - per_token
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(parameter.numel() for parameter in model.parameters())
-
-
-def read_card(path: Path) -> dict[str, Any]:
-    return {}

@@ -109,23 +109,25 @@ class Turn:
     async def run(self) -> None:
         answer: list[str] = []
         thinking: list[str] = []
-        thinking_started = thinking_ended = None
+        thinking_s = 0.0  # time spent producing thinking text: each delta is charged the gap before it
+        last = self.generation.submitted
         done: Done | None = None
         failure: str | None = None
         try:
             async for event in self.generation.events():
+                now = time.perf_counter()
                 if isinstance(event, ThinkingDelta):
-                    thinking_started = thinking_started or time.perf_counter()
+                    thinking_s += now - last
                     thinking.append(event.text)
                     self._events.put_nowait(sse("thinking", {"delta": event.text}))
                 elif isinstance(event, TokenDelta):
-                    thinking_ended = thinking_ended or time.perf_counter()
                     answer.append(event.text)
                     self._events.put_nowait(sse("token", {"delta": event.text}))
                 elif isinstance(event, Done):
                     done = event
                 elif isinstance(event, Failed):
                     failure = event.message
+                last = now
         except asyncio.CancelledError:
             # The server is going down without waiting for us: keep what there is, synchronously.
             self._store_now(self._outcome(answer, thinking, None, "the server shut down mid-answer", None))
@@ -136,9 +138,7 @@ class Turn:
             failure = f"internal error: {type(error).__name__}: {error}"
         if done is None and failure is None:
             failure = "the engine ended the generation without finishing it"
-        thinking_ms = None
-        if thinking_started is not None:
-            thinking_ms = ((thinking_ended or time.perf_counter()) - thinking_started) * 1000
+        thinking_ms = thinking_s * 1000 if thinking else None
         outcome = self._outcome(answer, thinking, done, failure, thinking_ms)
         try:
             await run_in_threadpool(self._store_now, outcome)

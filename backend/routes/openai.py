@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from backend.errors import APIError, BadRequest, error_body
@@ -73,15 +73,21 @@ class ChatCompletionRequest(BaseModel):
     thinking_budget: int | None = Field(default=None, ge=0)
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
 
-    @model_validator(mode="after")
-    def _check(self) -> ChatCompletionRequest:
-        for index, message in enumerate(self.messages):
+    @field_validator("messages")
+    @classmethod
+    def _user_text(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
+        for index, message in enumerate(messages):
             if message.role == "user" and not message.text().strip():
                 raise ValueError(f"messages[{index}].content must not be empty")
-        stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
-        if len(stops) > 8 or any(not stop for stop in stops):
+        return messages
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if len(stops) > 8 or any(not text for text in stops):
             raise ValueError("stop must be up to 8 non-empty strings")
-        return self
+        return stop
 
     def chat(self) -> list[dict[str, str]]:
         return [

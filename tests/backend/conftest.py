@@ -13,11 +13,15 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
+import torch
 from sqlalchemy import Engine, text
 
 from backend.db import create_db_engine, migrate
+from backend.settings import Settings
+from tests.backend.live import LiveServer
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 PG_CONFIG_DIR = Path("/etc/postgresql")
@@ -102,3 +106,40 @@ def db_engine(db_url: str) -> Iterator[Engine]:
     migrate(engine)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def one_torch_thread() -> Iterator[None]:
+    """The tiny model gains nothing from threads, and on a shared two-core machine spinning threads thrash."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def serving_settings(model_dir: Path, database_url: str, **overrides) -> Settings:
+    values = {
+        "model_dir": model_dir,
+        "database_url": database_url,
+        "web_dir": model_dir / "no-web-ui",
+        "max_batch_size": 8,
+        "max_queue": 32,
+        "default_max_new_tokens": 32,
+    }
+    return Settings(**{**values, **overrides})
+
+
+@pytest.fixture(scope="session")
+def live_server(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, one_torch_thread
+) -> Iterator[LiveServer]:
+    """One real server for the streaming tests: the tiny model, a SQLite file, default limits."""
+    database = tmp_path_factory.mktemp("live") / "live.db"
+    with LiveServer(serving_settings(tiny_model_dir, f"sqlite:///{database}")) as server:
+        yield server
+
+
+@pytest.fixture
+def client(live_server: LiveServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=live_server.url, timeout=60) as http:
+        yield http
