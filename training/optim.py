@@ -57,5 +57,6 @@ def build_optimizer(
     if eight_bit:
         reason = "not on CUDA" if device.type != "cuda" else "bitsandbytes is not installed"
         log.info("optimizer: torch AdamW (8-bit AdamW unavailable: %s)", reason)
-    fused = device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
+    if device.type == "cuda":
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, foreach=True)  # fewer tiny kernels on CPU

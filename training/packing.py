@@ -3,8 +3,8 @@
 Each row holds `seq_len + 1` tokens (inputs are row[:-1], targets row[1:]). Documents go whole into the open
 row that fits them most tightly (best fit over a few open rows); a document longer than a row is cut into
 row-sized chunks. A row leaves when it is full or when too many rows are open (the fullest one leaves), and is
-padded with the pad id under mask 0, so padding never trains. Everything is a deterministic function of the
-document order.
+padded with the pad id under mask 0, so padding never trains; chunks without targets (a long prompt's middle)
+are dropped. Everything is a deterministic function of the document order.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class Packer:
     def add(self, ids: list[int], mask: list[int]) -> None:
         for start in range(0, len(ids), self.row_len):
             chunk_ids, chunk_mask = ids[start : start + self.row_len], mask[start : start + self.row_len]
-            if len(chunk_ids) < 2:  # a lone token has nothing to predict
+            if len(chunk_ids) < 2 or not any(chunk_mask):  # nothing in it would train
                 continue
             fits = [i for i, (row, _) in enumerate(self._open) if self.row_len - len(row) >= len(chunk_ids)]
             if fits:

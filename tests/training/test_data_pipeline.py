@@ -52,6 +52,7 @@ def test_packer_evicts_the_fullest_row_and_never_splits_a_fitting_document() -> 
     packer.add([2] * 5, [1] * 5)  # does not fit (3 left): two rows open, the fuller (7) leaves
     assert packer.pop() == ([1] * 7 + [0] * 3, [1] * 7 + [0] * 3)
     packer.add([3] * 4, [1] * 4)
+    packer.add([4] * 3, [0] * 3)  # no targets: dropped
     packer.flush()
     assert packer.pop()[0] == [2] * 5 + [3] * 4 + [0]
 
