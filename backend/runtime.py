@@ -157,6 +157,11 @@ class Runtime:
             self._admitted += 1
         return Slot(self)
 
+    @property
+    def in_flight(self) -> int:
+        """Generations admitted and not yet finished (running, queued, or being written)."""
+        return self._admitted
+
     def engine_stat(self, name: str) -> int:
         """One of the engine's counters (active, queued, free_slots...), 0 before the engine runs."""
         return int(self.engine.stats()[name]) if self.engine is not None else 0
