@@ -66,8 +66,6 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     from training.config import load_recipe
-    from training.distributed import init_distributed, shutdown
-    from training.trainer import Trainer, recipe_for_resume
 
     overrides = _overrides(extra)
     if args.steps is not None and not args.dry_run:
@@ -77,9 +75,14 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     if args.config is None and args.resume is None:
         raise ValueError("give --config RECIPE.toml (or --resume CHECKPOINT)")
     if args.config is None:
+        from training.trainer import recipe_for_resume
+
         recipe = recipe_for_resume(args.resume, overrides)
     else:
         recipe = load_recipe(args.config, overrides)
+    from training.distributed import init_distributed, shutdown  # torch loads only after the recipe parses
+    from training.trainer import Trainer
+
     dist = init_distributed(recipe.train.device)
     _setup_logging(dist.is_main)
     try:
