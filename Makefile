@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup run test lint bench
+.PHONY: setup run test lint bench web-setup web-build web-test web-e2e
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,27 @@ lint: setup
 test: setup
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+	$(MAKE) web-test web-e2e
 
 bench: setup
 	$(PY) benchmarks/cache.py
 	$(PY) benchmarks/forward.py
+
+# The web chat (web_chat/): `npm ci` once per lock file, the static export the backend serves at /,
+# vitest unit tests, and browser tests (chromium against the real backend with a tiny model).
+WEB := web_chat
+
+$(WEB)/node_modules/.installed: $(WEB)/package-lock.json
+	cd $(WEB) && npm ci --no-audit --no-fund
+	touch $@
+
+web-setup: $(WEB)/node_modules/.installed
+
+web-build: web-setup
+	cd $(WEB) && npm run build
+
+web-test: web-setup
+	cd $(WEB) && npm test
+
+web-e2e: setup web-build
+	cd $(WEB) && npm run e2e

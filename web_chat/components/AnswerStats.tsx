@@ -33,10 +33,18 @@ export function AnswerStats({ message }: { message: Message }) {
   }
   if (items.length === 0) return null;
   return (
-    <ul data-testid="answer-stats" aria-label="Answer statistics" className="flex flex-wrap items-center gap-x-1 text-xs text-fg-faint">
+    <ul
+      data-testid="answer-stats"
+      aria-label="Answer statistics"
+      className="flex flex-wrap items-center gap-x-1 text-xs text-fg-faint"
+    >
       {items.map((item, i) => (
         <li key={item.key} title={item.title} className="whitespace-nowrap">
-          {i > 0 && <span aria-hidden="true" className="mr-1">·</span>}
+          {i > 0 && (
+            <span aria-hidden="true" className="mr-1">
+              ·
+            </span>
+          )}
           {item.text}
         </li>
       ))}

@@ -36,6 +36,7 @@ export function AssistantMessage({ message, onRegenerate }: Props) {
   return (
     <article
       data-testid="message-assistant"
+      data-id={message.id}
       data-status={message.status}
       aria-label="NanoPrime's answer"
       aria-busy={streaming}
@@ -54,6 +55,8 @@ export function AssistantMessage({ message, onRegenerate }: Props) {
           <span className="np-pulse h-2 w-2 rounded-full bg-fg-soft [animation-delay:200ms]" />
           <span className="np-pulse h-2 w-2 rounded-full bg-fg-soft [animation-delay:400ms]" />
         </div>
+      ) : !streaming && message.status === "complete" ? (
+        <p className="text-sm italic text-fg-faint">(no answer text)</p>
       ) : null}
       {!streaming && (
         <div className="mt-2 flex flex-wrap items-center gap-x-3 gap-y-1">

@@ -137,7 +137,10 @@ export function ChatApp() {
         ) : showEmpty ? (
           <EmptyState model={model} onPick={(text) => composer.current?.setText(text)} />
         ) : state.loading ? (
-          <div className="flex flex-1 items-center justify-center text-sm text-fg-faint" data-testid="conversation-loading">
+          <div
+            className="flex flex-1 items-center justify-center text-sm text-fg-faint"
+            data-testid="conversation-loading"
+          >
             <span className="np-pulse">Loading conversation…</span>
           </div>
         ) : state.loadError ? (

@@ -12,7 +12,10 @@ const SUGGESTIONS = [
 /** A new chat: what the model is, and a few things to try. */
 export function EmptyState({ model, onPick }: { model: ModelInfo | null; onPick: (text: string) => void }) {
   return (
-    <div className="flex min-h-0 flex-1 flex-col items-center justify-center overflow-y-auto px-4 py-8" data-testid="empty-state">
+    <div
+      className="flex min-h-0 flex-1 flex-col items-center justify-center overflow-y-auto px-4 py-8"
+      data-testid="empty-state"
+    >
       <LogoIcon size={36} className="text-accent" />
       <h2 className="mt-4 text-center text-2xl font-semibold tracking-tight">How can I help?</h2>
       {model && (

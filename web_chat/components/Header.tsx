@@ -22,7 +22,11 @@ interface Props {
 const iconButton = "rounded-lg p-2 text-fg-soft transition-colors hover:bg-hover hover:text-fg";
 
 function fileName(title: string, format: ExportFormat): string {
-  const base = title.replace(/[^\p{L}\p{N}]+/gu, "-").replace(/^-+|-+$/g, "").slice(0, 60) || "conversation";
+  const base =
+    title
+      .replace(/[^\p{L}\p{N}]+/gu, "-")
+      .replace(/^-+|-+$/g, "")
+      .slice(0, 60) || "conversation";
   return `${base}.${format === "markdown" ? "md" : "json"}`;
 }
 
@@ -92,10 +96,20 @@ function ExportMenu({ id, title }: { id: Id; title: string }) {
           role="menu"
           className="absolute right-0 top-full z-20 mt-1 w-48 overflow-hidden rounded-xl border border-line bg-raised py-1 text-sm shadow-lg"
         >
-          <button type="button" role="menuitem" onClick={() => void choose("markdown")} className="block w-full px-3.5 py-2 text-left hover:bg-hover">
+          <button
+            type="button"
+            role="menuitem"
+            onClick={() => void choose("markdown")}
+            className="block w-full px-3.5 py-2 text-left hover:bg-hover"
+          >
             Export as Markdown
           </button>
-          <button type="button" role="menuitem" onClick={() => void choose("json")} className="block w-full px-3.5 py-2 text-left hover:bg-hover">
+          <button
+            type="button"
+            role="menuitem"
+            onClick={() => void choose("json")}
+            className="block w-full px-3.5 py-2 text-left hover:bg-hover"
+          >
             Export as JSON
           </button>
         </div>
@@ -118,7 +132,12 @@ export function Header({
 }: Props) {
   return (
     <header className="flex h-14 shrink-0 items-center gap-1 border-b border-line/70 px-2 sm:px-3">
-      <button type="button" aria-label="Open conversations" onClick={onOpenSidebar} className={`${iconButton} md:hidden`}>
+      <button
+        type="button"
+        aria-label="Open conversations"
+        onClick={onOpenSidebar}
+        className={`${iconButton} md:hidden`}
+      >
         <MenuIcon size={20} />
       </button>
       <div className="flex min-w-0 flex-1 items-center gap-2 px-1">
@@ -136,7 +155,11 @@ export function Header({
             aria-hidden="true"
             className={`h-1.5 w-1.5 rounded-full ${modelError ? "bg-danger" : model ? "bg-emerald-500" : "bg-fg-faint"}`}
           />
-          {modelError ? "Server unreachable" : model ? `${model.name} · ${formatCount(model.parameters)}` : "Connecting…"}
+          {modelError
+            ? "Server unreachable"
+            : model
+              ? `${model.name} · ${formatCount(model.parameters)}`
+              : "Connecting…"}
         </button>
       </div>
       {conversationId && <ExportMenu id={conversationId} title={title} />}
@@ -151,10 +174,23 @@ export function Header({
         <SunIcon size={18} className="hidden dark:block" />
         <MoonIcon size={18} className="dark:hidden" />
       </button>
-      <button type="button" data-testid="settings-button" aria-label="Settings" title="Settings" onClick={onOpenSettings} className={iconButton}>
+      <button
+        type="button"
+        data-testid="settings-button"
+        aria-label="Settings"
+        title="Settings"
+        onClick={onOpenSettings}
+        className={iconButton}
+      >
         <GearIcon size={18} />
       </button>
-      <button type="button" aria-label="New chat" title="New chat" onClick={onNewChat} className={`${iconButton} md:hidden`}>
+      <button
+        type="button"
+        aria-label="New chat"
+        title="New chat"
+        onClick={onNewChat}
+        className={`${iconButton} md:hidden`}
+      >
         <PlusIcon size={20} />
       </button>
     </header>

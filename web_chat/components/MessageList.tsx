@@ -52,13 +52,30 @@ export function MessageList({ messages, streaming, serverBusy, error, onRetry, o
     if (stick.current) jump(false);
   });
 
+  // A resized window or a rotated phone keeps the newest text in view too. (Content growing by itself, like a
+  // thinking block opened by the reader, does not scroll: the reader is looking at it.)
+  useEffect(() => {
+    const el = scroller.current;
+    if (!el || typeof ResizeObserver === "undefined") return;
+    const observer = new ResizeObserver(() => {
+      if (stick.current) el.scrollTop = el.scrollHeight;
+    });
+    observer.observe(el);
+    return () => observer.disconnect();
+  }, []);
+
   const last = messages[messages.length - 1];
   const lastAssistant = [...messages].reverse().find((m) => m.role === "assistant");
   const waitingForStored = serverBusy && !streaming && last?.role === "user";
 
   return (
     <div className="relative min-h-0 flex-1">
-      <div ref={scroller} onScroll={onScroll} className="h-full overflow-y-auto overflow-x-hidden" data-testid="message-scroller">
+      <div
+        ref={scroller}
+        onScroll={onScroll}
+        className="h-full overflow-y-auto overflow-x-hidden"
+        data-testid="message-scroller"
+      >
         <section aria-label="Messages" className="mx-auto flex w-full max-w-3xl flex-col gap-6 px-4 pb-6 pt-6 sm:px-6">
           {messages.map((message) =>
             message.role === "user" ? (

@@ -16,7 +16,17 @@ interface Props {
   modelError: string | null;
 }
 
-function Field({ label, hint, htmlFor, children }: { label: string; hint?: string; htmlFor: string; children: React.ReactNode }) {
+function Field({
+  label,
+  hint,
+  htmlFor,
+  children,
+}: {
+  label: string;
+  hint?: string;
+  htmlFor: string;
+  children: React.ReactNode;
+}) {
   return (
     <div className="py-2.5">
       <label htmlFor={htmlFor} className="block text-sm font-medium">
@@ -51,8 +61,7 @@ function NumberInput({
   const [draft, setDraft] = useState(value === null ? "" : String(value));
   useEffect(() => setDraft(value === null ? "" : String(value)), [value]);
   const parsed = draft.trim() === "" ? null : Number(draft);
-  const valid =
-    parsed === null ? allowEmpty : Number.isInteger(parsed) && parsed >= min && parsed <= max;
+  const valid = parsed === null ? allowEmpty : Number.isInteger(parsed) && parsed >= min && parsed <= max;
   return (
     <>
       <input
@@ -216,7 +225,11 @@ export function SettingsDialog({ open, onClose, settings, onChange, onReset, mod
           </button>
         </div>
         {settings.thinking && (
-          <Field label="Thinking budget" hint="Most thinking tokens before the model must answer." htmlFor={id("budget")}>
+          <Field
+            label="Thinking budget"
+            hint="Most thinking tokens before the model must answer."
+            htmlFor={id("budget")}
+          >
             <NumberInput
               id={id("budget")}
               testId="setting-thinking-budget"
@@ -287,7 +300,11 @@ export function SettingsDialog({ open, onClose, settings, onChange, onReset, mod
       </section>
 
       <div className="mt-5 flex justify-between border-t border-line pt-4">
-        <button type="button" onClick={onReset} className="rounded-full px-3 py-1.5 text-sm text-fg-soft hover:bg-hover">
+        <button
+          type="button"
+          onClick={onReset}
+          className="rounded-full px-3 py-1.5 text-sm text-fg-soft hover:bg-hover"
+        >
           Reset to defaults
         </button>
         <button

@@ -173,9 +173,7 @@ export function Sidebar({
 
   return (
     <>
-      {open && (
-        <div aria-hidden="true" onClick={onClose} className="fixed inset-0 z-30 bg-black/40 md:hidden" />
-      )}
+      {open && <div aria-hidden="true" onClick={onClose} className="fixed inset-0 z-30 bg-black/40 md:hidden" />}
       <aside
         aria-label="Conversations"
         data-testid="sidebar"
@@ -208,7 +206,10 @@ export function Sidebar({
             New chat
           </button>
           <div className="relative mt-2">
-            <SearchIcon size={15} className="pointer-events-none absolute left-2.5 top-1/2 -translate-y-1/2 text-fg-faint" />
+            <SearchIcon
+              size={15}
+              className="pointer-events-none absolute left-2.5 top-1/2 -translate-y-1/2 text-fg-faint"
+            />
             <input
               type="search"
               data-testid="search-input"

@@ -79,7 +79,12 @@ export function UserMessage({ message, onEdit }: Props) {
   }
 
   return (
-    <article data-testid="message-user" aria-label="Your message" className="group flex flex-col items-end">
+    <article
+      data-testid="message-user"
+      data-id={message.id}
+      aria-label="Your message"
+      className="group flex flex-col items-end"
+    >
       <div className="max-w-[85%] whitespace-pre-wrap rounded-3xl bg-muted px-4 py-2.5 leading-relaxed [overflow-wrap:anywhere]">
         {message.content}
       </div>

@@ -79,7 +79,12 @@ export function useChat({ conversationId, settings, onCreated, onTurnEnded }: Op
     const poll = async (quiet: boolean) => {
       const conversation = await load(conversationId, quiet);
       // Reloaded mid-answer: show what is stored now and follow it until the server finishes.
-      if (conversation && awaitingServer(conversation.messages) && ++polls < POLL_LIMIT && shown.current === conversationId) {
+      if (
+        conversation &&
+        awaitingServer(conversation.messages) &&
+        ++polls < POLL_LIMIT &&
+        shown.current === conversationId
+      ) {
         timer = setTimeout(() => void poll(true), POLL_MS);
       }
     };
@@ -132,7 +137,8 @@ export function useChat({ conversationId, settings, onCreated, onTurnEnded }: Op
 
     const body = callbacks.current.settings();
     let events: AsyncGenerator<StreamEvent>;
-    if (turn.kind === "send") events = api.sendMessage(conversationId, { ...body, content: turn.content }, controller.signal);
+    if (turn.kind === "send")
+      events = api.sendMessage(conversationId, { ...body, content: turn.content }, controller.signal);
     else if (turn.kind === "edit")
       events = api.editMessage(conversationId, turn.messageId, { ...body, content: turn.content }, controller.signal);
     else events = api.regenerate(conversationId, body, controller.signal);
@@ -171,7 +177,12 @@ export function useChat({ conversationId, settings, onCreated, onTurnEnded }: Op
       flush();
       if (!ended && visible()) {
         if (turnState.stopRequested) dispatch({ type: "stopped", at: Date.now() });
-        else dispatch({ type: "interrupted", message: "The answer was cut off: the connection closed early.", at: Date.now() });
+        else
+          dispatch({
+            type: "interrupted",
+            message: "The answer was cut off: the connection closed early.",
+            at: Date.now(),
+          });
       }
     } catch (err) {
       flush();

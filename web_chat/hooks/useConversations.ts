@@ -24,7 +24,9 @@ export function useConversations() {
     try {
       const page = await api.listConversations({ q, offset, limit });
       if (ticket !== request.current) return; // a newer search replaced this one
-      setItems((prev) => (offset === 0 ? page.items : [...prev, ...page.items.filter((c) => !prev.some((p) => p.id === c.id))]));
+      setItems((prev) =>
+        offset === 0 ? page.items : [...prev, ...page.items.filter((c) => !prev.some((p) => p.id === c.id))],
+      );
       setTotal(page.total);
       setError(null);
     } catch (err) {

@@ -41,9 +41,7 @@ export const EMPTY_CHAT: ChatState = {
 };
 
 export type TurnKind =
-  | { kind: "send"; content: string }
-  | { kind: "regenerate" }
-  | { kind: "edit"; messageId: Id; content: string };
+  { kind: "send"; content: string } | { kind: "regenerate" } | { kind: "edit"; messageId: Id; content: string };
 
 export type ChatAction =
   | { type: "reset"; conversationId: Id | null }
@@ -191,12 +189,19 @@ export function chatReducer(state: ChatState, action: ChatAction): ChatState {
       return { ...next, streaming: false };
     }
     case "stream_error": {
-      const next = updateStreaming(state, (m) => ({ ...endThinking(m, action.at), status: "error", error: action.message }));
+      const next = updateStreaming(state, (m) => ({
+        ...endThinking(m, action.at),
+        status: "error",
+        error: action.message,
+      }));
       const stored = !next.messages.some((m) => m.local);
       return { ...next, streaming: false, error: { message: action.message, stored } };
     }
     case "stopped":
-      return { ...updateStreaming(state, (m) => ({ ...endThinking(m, action.at), status: "stopped" })), streaming: false };
+      return {
+        ...updateStreaming(state, (m) => ({ ...endThinking(m, action.at), status: "stopped" })),
+        streaming: false,
+      };
     case "interrupted": {
       const next = updateStreaming(state, (m) => ({ ...endThinking(m, action.at), status: "interrupted" }));
       const stored = !next.messages.some((m) => m.local);

@@ -34,9 +34,7 @@ export function groupConversations<T extends Pick<ConversationSummary, "updated_
   now: Date,
 ): HistoryGroup<T>[] {
   const buckets = new Map<HistoryGroupLabel, T[]>(ORDER.map((label) => [label, []]));
-  const sorted = [...conversations].sort(
-    (a, b) => (Date.parse(b.updated_at) || 0) - (Date.parse(a.updated_at) || 0),
-  );
+  const sorted = [...conversations].sort((a, b) => (Date.parse(b.updated_at) || 0) - (Date.parse(a.updated_at) || 0));
   for (const conversation of sorted) {
     buckets.get(groupLabel(conversation.updated_at, now))?.push(conversation);
   }

@@ -91,10 +91,7 @@ export function createSSEParser(onMessage: (message: SSEMessage) => void): SSEPa
 }
 
 /** Reads a byte stream as SSE messages, decoding UTF-8 across chunk boundaries. */
-export async function* readSSE(
-  body: ReadableStream<Uint8Array>,
-  signal?: AbortSignal,
-): AsyncGenerator<SSEMessage> {
+export async function* readSSE(body: ReadableStream<Uint8Array>, signal?: AbortSignal): AsyncGenerator<SSEMessage> {
   const reader = body.getReader();
   const decoder = new TextDecoder("utf-8");
   const queue: SSEMessage[] = [];

@@ -45,13 +45,23 @@ describe("chatReducer", () => {
   it("sends: shows the message and an empty answer, takes the stored ids from meta, streams, ends complete", () => {
     const state = run(
       loaded,
-      { type: "turn_started", turn: { kind: "send", content: "three" }, userTempId: "tu", assistantTempId: "ta", at: T },
+      {
+        type: "turn_started",
+        turn: { kind: "send", content: "three" },
+        userTempId: "tu",
+        assistantTempId: "ta",
+        at: T,
+      },
       { type: "meta", data: { conversation_id: "c1", user_message_id: "u3", assistant_message_id: "a3" } },
       { type: "token", delta: "thi", at: 1 },
       { type: "token", delta: "rd", at: 2 },
       {
         type: "done",
-        data: { finish_reason: "stop", usage: { prompt_tokens: 9, completion_tokens: 2, thinking_tokens: 0 }, timings: { ttft_ms: 5, total_ms: 9, tokens_per_s: 200 } },
+        data: {
+          finish_reason: "stop",
+          usage: { prompt_tokens: 9, completion_tokens: 2, thinking_tokens: 0 },
+          timings: { ttft_ms: 5, total_ms: 9, tokens_per_s: 200 },
+        },
         at: 3,
       },
     );
@@ -91,7 +101,13 @@ describe("chatReducer", () => {
   it("stopping keeps the partial answer", () => {
     const state = run(
       loaded,
-      { type: "turn_started", turn: { kind: "send", content: "count" }, userTempId: "tu", assistantTempId: "ta", at: T },
+      {
+        type: "turn_started",
+        turn: { kind: "send", content: "count" },
+        userTempId: "tu",
+        assistantTempId: "ta",
+        at: T,
+      },
       { type: "token", delta: "1 2 3", at: 1 },
       { type: "stopped", at: 2 },
     );
@@ -102,11 +118,21 @@ describe("chatReducer", () => {
   it("a done event for a cancelled answer marks it stopped", () => {
     const state = run(
       loaded,
-      { type: "turn_started", turn: { kind: "send", content: "count" }, userTempId: "tu", assistantTempId: "ta", at: T },
+      {
+        type: "turn_started",
+        turn: { kind: "send", content: "count" },
+        userTempId: "tu",
+        assistantTempId: "ta",
+        at: T,
+      },
       { type: "token", delta: "1 2", at: 1 },
       {
         type: "done",
-        data: { finish_reason: "cancelled", usage: { prompt_tokens: 1, completion_tokens: 2, thinking_tokens: 0 }, timings: { ttft_ms: 1, total_ms: 2, tokens_per_s: 3 } },
+        data: {
+          finish_reason: "cancelled",
+          usage: { prompt_tokens: 1, completion_tokens: 2, thinking_tokens: 0 },
+          timings: { ttft_ms: 1, total_ms: 2, tokens_per_s: 3 },
+        },
         at: 2,
       },
     );
@@ -116,7 +142,13 @@ describe("chatReducer", () => {
   it("a request refused before streaming removes the empty answer, keeps the text and says it is not stored", () => {
     const state = run(
       loaded,
-      { type: "turn_started", turn: { kind: "send", content: "three" }, userTempId: "tu", assistantTempId: "ta", at: T },
+      {
+        type: "turn_started",
+        turn: { kind: "send", content: "three" },
+        userTempId: "tu",
+        assistantTempId: "ta",
+        at: T,
+      },
       { type: "request_failed", message: "The server is busy. Try again in 2 s." },
     );
     expect(summary(state).at(-1)).toBe("tu:user:complete:three");
@@ -127,7 +159,13 @@ describe("chatReducer", () => {
   it("an error event after meta keeps the partial answer and says the turn is stored (retry regenerates)", () => {
     const state = run(
       loaded,
-      { type: "turn_started", turn: { kind: "send", content: "three" }, userTempId: "tu", assistantTempId: "ta", at: T },
+      {
+        type: "turn_started",
+        turn: { kind: "send", content: "three" },
+        userTempId: "tu",
+        assistantTempId: "ta",
+        at: T,
+      },
       { type: "meta", data: { conversation_id: "c1", user_message_id: "u3", assistant_message_id: "a3" } },
       { type: "token", delta: "par", at: 1 },
       { type: "stream_error", message: "engine failed", at: 2 },
@@ -145,7 +183,9 @@ describe("awaitingServer", () => {
   it("is true when the stored conversation ends in a user message or an answer still streaming", () => {
     expect(awaitingServer(conversation.messages)).toBe(false);
     expect(awaitingServer(conversation.messages.slice(0, 3))).toBe(true);
-    expect(awaitingServer([...conversation.messages.slice(0, 3), stored("a", "assistant", "pa", { status: "streaming" })])).toBe(true);
+    expect(
+      awaitingServer([...conversation.messages.slice(0, 3), stored("a", "assistant", "pa", { status: "streaming" })]),
+    ).toBe(true);
     expect(awaitingServer([])).toBe(false);
   });
 });

@@ -12,7 +12,11 @@ describe("groupLabel", () => {
     ["a clock slightly ahead of ours", at(15, 10, 45), "Today"],
     ["one minute before midnight", at(14, 23, 59), "Yesterday"],
     ["yesterday's midnight", at(14, 0, 0), "Yesterday"],
-    ["the last millisecond before yesterday", new Date(new Date(2025, 5, 14).getTime() - 1).toISOString(), "Previous 7 days"],
+    [
+      "the last millisecond before yesterday",
+      new Date(new Date(2025, 5, 14).getTime() - 1).toISOString(),
+      "Previous 7 days",
+    ],
     ["three days ago", at(12), "Previous 7 days"],
     ["seven days ago at midnight", at(8, 0, 0), "Previous 7 days"],
     ["just before that", new Date(new Date(2025, 5, 8).getTime() - 1).toISOString(), "Older"],

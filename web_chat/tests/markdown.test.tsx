@@ -27,7 +27,9 @@ describe("Markdown", () => {
   });
 
   it("drops javascript: links and turns images into links", () => {
-    const { container } = render(<Markdown text={"[click](javascript:alert(1)) ![cat](https://example.com/cat.png)"} />);
+    const { container } = render(
+      <Markdown text={"[click](javascript:alert(1)) ![cat](https://example.com/cat.png)"} />,
+    );
     const hrefs = [...container.querySelectorAll("a")].map((a) => a.getAttribute("href") ?? "");
     expect(hrefs.some((href) => href.startsWith("javascript"))).toBe(false);
     expect(container.querySelector("img")).toBeNull();

@@ -9,7 +9,14 @@ describe("normalizeSettings", () => {
   });
 
   it("clamps numbers into their range and drops values of the wrong type", () => {
-    const s = normalizeSettings({ temperature: 9, top_p: 0, max_tokens: "many", thinking: "yes", theme: "pink", thinking_budget: 12.6 });
+    const s = normalizeSettings({
+      temperature: 9,
+      top_p: 0,
+      max_tokens: "many",
+      thinking: "yes",
+      theme: "pink",
+      thinking_budget: 12.6,
+    });
     expect(s.temperature).toBe(2);
     expect(s.top_p).toBe(0.05);
     expect(s.max_tokens).toBe(DEFAULT_SETTINGS.max_tokens);
@@ -21,7 +28,14 @@ describe("normalizeSettings", () => {
   it("sends no thinking budget when thinking is off, and never the UI-only fields", () => {
     const sent = generationSettings({ ...DEFAULT_SETTINGS, thinking: false, thinking_budget: 64, apiKey: "k" });
     expect(sent.thinking_budget).toBeNull();
-    expect(Object.keys(sent).sort()).toEqual(["max_tokens", "system_prompt", "temperature", "thinking", "thinking_budget", "top_p"]);
+    expect(Object.keys(sent).sort()).toEqual([
+      "max_tokens",
+      "system_prompt",
+      "temperature",
+      "thinking",
+      "thinking_budget",
+      "top_p",
+    ]);
   });
 });
 

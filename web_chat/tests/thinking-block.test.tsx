@@ -58,11 +58,21 @@ describe("thinking in a streamed answer", () => {
   function run(actions: Parameters<typeof chatReducer>[1][]): ChatState {
     return actions.reduce(chatReducer, EMPTY_CHAT);
   }
-  const start = { type: "turn_started", turn: { kind: "send", content: "hi" }, userTempId: "u", assistantTempId: "a", at: "2025-01-01T00:00:00Z" } as const;
+  const start = {
+    type: "turn_started",
+    turn: { kind: "send", content: "hi" },
+    userTempId: "u",
+    assistantTempId: "a",
+    at: "2025-01-01T00:00:00Z",
+  } as const;
   const answer = (state: ChatState) => state.messages[state.messages.length - 1];
 
   it("is live while only thinking has arrived, then collapses with the time it took once the answer starts", () => {
-    let state = run([start, { type: "thinking", delta: "Hmm, ", at: 1000 }, { type: "thinking", delta: "let me think.", at: 1400 }]);
+    let state = run([
+      start,
+      { type: "thinking", delta: "Hmm, ", at: 1000 },
+      { type: "thinking", delta: "let me think.", at: 1400 },
+    ]);
     const { rerender } = render(<AssistantMessage message={answer(state)} onRegenerate={null} />);
     expect(toggle().textContent).toBe("Thinking…");
     expect(text()?.textContent).toBe("Hmm, let me think.");
