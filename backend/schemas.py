@@ -36,6 +36,7 @@ class GenerationSettings(Request):
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     thinking: bool | None = None
     thinking_budget: int | None = Field(default=None, ge=0)
+    ignore_eos: bool | None = Field(default=None, description="keep generating past the end of the turn")
 
     def given(self) -> dict[str, Any]:
         """The settings this request actually sets."""

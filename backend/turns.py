@@ -42,6 +42,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "stop": [],
     "thinking": True,
     "thinking_budget": None,
+    "ignore_eos": False,
 }
 SHUTDOWN_GRACE_S = 10.0
 
@@ -68,6 +69,7 @@ def sampling_params(settings: dict[str, Any], seed: int) -> SamplingParams:
         seed=seed,
         thinking=bool(settings["thinking"]),
         thinking_budget=settings["thinking_budget"],
+        ignore_eos=bool(settings["ignore_eos"]),
     )
 
 

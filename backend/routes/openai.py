@@ -2,7 +2,8 @@
 
 Stateless: nothing is stored. Thinking travels in `reasoning_content` (message or delta), the answer in
 `content`. Unknown request fields are ignored, as clients send many optional ones; the extensions `top_k`,
-`min_p`, `repetition_penalty`, `thinking` and `thinking_budget` may come through the client's extra_body.
+`min_p`, `repetition_penalty`, `thinking`, `thinking_budget` and `ignore_eos` may come in the client's
+extra_body.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class ChatCompletionRequest(BaseModel):
     repetition_penalty: float | None = Field(default=None, gt=0)
     thinking: bool | None = None
     thinking_budget: int | None = Field(default=None, ge=0)
+    ignore_eos: bool | None = None
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
 
     @field_validator("messages")
@@ -113,6 +115,7 @@ class ChatCompletionRequest(BaseModel):
             "repetition_penalty": self.repetition_penalty,
             "stop": [self.stop] if isinstance(self.stop, str) else self.stop,
             "thinking": False if self.reasoning_effort == "none" else self.thinking,
+            "ignore_eos": self.ignore_eos,
         }
         settings = {**DEFAULT_SETTINGS, "max_tokens": asked or default_max_tokens}
         settings.update({name: value for name, value in given.items() if value is not None})

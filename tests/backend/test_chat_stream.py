@@ -16,9 +16,8 @@ from model.config import NanoPrimeConfig
 from tests.backend.conftest import serving_settings
 from tests.backend.live import LiveServer, SSEEvent, iter_sse, stream_events
 
-# Settings under which the tiny random model talks for hundreds of tokens (seconds) before it ends its turn
-# by itself, so a test can stop it, disconnect or fill the queue first. Seeded, hence the same every run.
-LONG = {"max_tokens": 1500, "temperature": 1.0, "seed": 1, "thinking": False}
+# An answer that runs for seconds unless stopped, so a test can stop it, disconnect or fill the queue first.
+LONG = {"max_tokens": 1500, "ignore_eos": True, "thinking": False}
 
 
 def new_conversation(client: httpx.Client, **body) -> str:

@@ -81,6 +81,14 @@ def test_sampling_settings_are_honoured(oai: openai.OpenAI):
     short, reason = answer(oai, temperature=0, max_tokens=5)
     assert reason == "length" and greedy.startswith(short) and len(short) < len(greedy)
 
+    full = oai.chat.completions.create(
+        model="nanoprime",
+        messages=QUESTION,
+        max_tokens=30,
+        extra_body={"ignore_eos": True, "thinking": False},
+    )
+    assert full.usage.completion_tokens == 30 and full.choices[0].finish_reason == "length"
+
     stop = greedy[len(greedy) // 2 : len(greedy) // 2 + 2]
     stopped, reason = answer(oai, temperature=0, stop=[stop])
     assert reason == "stop" and stopped == greedy[: greedy.index(stop)]
@@ -124,8 +132,7 @@ def test_a_streamed_completion_that_is_abandoned_frees_its_slot(
         "model": "nanoprime",
         "messages": [{"role": "user", "content": "long"}],
         "max_tokens": 1500,
-        "temperature": 1.0,
-        "seed": 1,
+        "ignore_eos": True,
         "thinking": False,
         "stream": True,
     }
