@@ -7,7 +7,10 @@ compute at once. Requests wait in a bounded queue; a submit to a full queue rais
 
 Conversation state reuse: the state at the end of each prompt and at the end of each generated turn is kept
 in an LRU bounded in bytes, keyed by the tokens it has consumed. A follow-up turn whose prompt extends a kept
-state prefills only the new tokens; anything else is a full prefill, with the same output.
+state prefills only the new tokens; anything else is a full prefill, with the same output. The history a
+client sends back rarely holds the exact generated tokens (the server drops the thinking; text re-encodes to
+canonical tokens), so when the engine is idle it also prefills, from the kept prompt state, the turn as the
+chat template will render it in the history (with and without the thinking) and keeps that state too.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from model.generation import (
     Event,
     Failed,
     SamplingParams,
+    ThinkingDelta,
+    TokenDelta,
     TurnDecoder,
     sample_tokens,
 )
@@ -140,6 +145,16 @@ class _Sequence:
     seen: set[int] = field(default_factory=set)  # for the repetition penalty: prompt and generated ids
     next_token: int = -1  # sampled, not yet fed to the model
     first_token_at: float = 0.0
+    thinking: list[str] = field(default_factory=list)  # the streamed text, for the history warm-up
+    answer: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Warmup:
+    """Idle-time work: continue the state kept after `prompt_ids` with each continuation; keep the results."""
+
+    prompt_ids: list[int]
+    continuations: list[list[int]]
 
 
 # ---- kept conversation states ------------------------------------------------------------------------------
@@ -170,6 +185,11 @@ class StateCache:
         self._entries[key] = state
         self._sizes[key] = size
         self.bytes += size
+
+    def get(self, tokens: Sequence[int]) -> InferenceState | None:
+        """A copy of the state kept for exactly `tokens`, if any."""
+        state = self._entries.get(tuple(tokens))
+        return None if state is None else state.clone()
 
     def longest_prefix(self, tokens: Sequence[int]) -> tuple[int, InferenceState | None]:
         """(length, a copy of the state) of the longest kept key that is a proper prefix of `tokens`."""
@@ -224,6 +244,9 @@ class Engine:
         self._ids = itertools.count(1)
         self._active: list[_Sequence] = []
         self._batch: InferenceState | None = None
+        self._warmups: deque[_Warmup] = deque(maxlen=2 * max_batch_size)
+        self._in_flight = 0  # submitted requests not yet running or finished
+        self._in_flight_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -259,11 +282,26 @@ class Engine:
                 f"more than the model's context of {self.max_seq_len}"
             )
         handle = RequestHandle(next(self._ids), len(prompt_ids))
+        self._count_in_flight(+1)
         try:
             self._queue.put_nowait(_Request(handle, prompt_ids, params))
         except queue.Full:
+            self._count_in_flight(-1)
             raise EngineBusy(f"the engine is busy: {self.max_queue} requests are already waiting") from None
         return handle
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until nothing is queued, running or warming up; False if `timeout` seconds pass first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._in_flight or self._active or self._warmups:
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(0.002)
+        return True
+
+    def _count_in_flight(self, change: int) -> None:
+        with self._in_flight_lock:
+            self._in_flight += change
 
     def stats(self) -> dict[str, int]:
         """Counters for /metrics."""
@@ -288,21 +326,29 @@ class Engine:
                 self._admit()
                 if self._active:
                     self._step()
+                elif self._warmups:
+                    self._warm_up(self._warmups[0])
+                    self._warmups.popleft()
 
     def _admit(self) -> None:
-        """Prefill waiting requests into free slots; wait briefly for work when nothing is running."""
+        """Prefill waiting requests into free slots; wait briefly for work when there is nothing to do."""
         while len(self._active) < self.max_batch_size and not self._stop.is_set():
             try:
-                request = self._queue.get(timeout=0.05) if not self._active else self._queue.get_nowait()
+                if self._active or self._warmups:
+                    request = self._queue.get_nowait()
+                else:
+                    request = self._queue.get(timeout=0.05)
             except queue.Empty:
                 return
-            if request.handle.cancelled:
-                self._finish_unstarted(request, time.perf_counter())
-                continue
             try:
-                self._prefill(request)
+                if request.handle.cancelled:
+                    self._finish_unstarted(request, time.perf_counter())
+                else:
+                    self._prefill(request)
             except Exception as error:  # a failed prefill fails its request, not the engine
                 request.handle._put(Failed(f"generation failed: {error}"))
+            finally:
+                self._count_in_flight(-1)
 
     def _prefill(self, request: _Request) -> None:
         started = time.perf_counter()
@@ -362,12 +408,11 @@ class Engine:
 
     def _accept(self, seq: _Sequence, token: int) -> None:
         """Record a generated token and stream the events it completes."""
-        handle = seq.request.handle
         if not seq.turn.token_ids:
             seq.first_token_at = time.perf_counter()
         for event in seq.turn.push(token):
-            handle._put(event)
-        handle.output_ids.append(token)
+            self._emit(seq, event)
+        seq.request.handle.output_ids.append(token)
         if seq.request.params.repetition_penalty != 1.0:
             seq.seen.add(token)
         seq.next_token = token
@@ -391,10 +436,14 @@ class Engine:
         """
         turn = seq.turn
         for event in turn.finish(reason):
-            seq.request.handle._put(event)
+            self._emit(seq, event)
         reason = turn.finish_reason or reason
-        if self.states.max_bytes and len(turn.token_ids) > 1:
-            self.states.put(seq.request.prompt_ids + turn.token_ids[:-1], state)
+        if self.states.max_bytes:
+            if len(turn.token_ids) > 1:
+                self.states.put(seq.request.prompt_ids + turn.token_ids[:-1], state)
+            continuations = self._history_continuations(seq)
+            if continuations:
+                self._warmups.append(_Warmup(seq.request.prompt_ids, continuations))
         now = time.perf_counter()
         request = seq.request
         decode_s = now - seq.first_token_at
@@ -407,6 +456,47 @@ class Engine:
             "cache_bytes": float(state.nbytes()),
         }
         request.handle._put(Done(reason, self._usage(request, turn), timings))
+
+    def _emit(self, seq: _Sequence, event: Event) -> None:
+        if isinstance(event, ThinkingDelta):
+            seq.thinking.append(event.text)
+        elif isinstance(event, TokenDelta):
+            seq.answer.append(event.text)
+        seq.request.handle._put(event)
+
+    def _history_continuations(self, seq: _Sequence) -> list[list[int]]:
+        """Tokens that follow the prompt when this turn comes back as history, and differ from what was fed.
+
+        The chat template renders an assistant turn as the generation prompt followed by the (thinking and)
+        answer; the server sends it back without the thinking, the CLI with it.
+        """
+        prompt_end = self.tokenizer.encode_chat([], thinking=seq.request.params.thinking)
+        answer, thinking = "".join(seq.answer), "".join(seq.thinking)
+        messages = [{"role": "assistant", "content": answer}]
+        if thinking:
+            messages.append({"role": "assistant", "content": answer, "thinking": thinking})
+        fed = seq.turn.token_ids[:-1]
+        continuations: list[list[int]] = []
+        for message in messages:
+            rendered = self.tokenizer.encode_chat([message], add_generation_prompt=False)
+            continuation = rendered[len(prompt_end) :]
+            if rendered[: len(prompt_end)] != prompt_end or continuation[: len(fed)] == fed:
+                continue  # another template, or the state at the end of the turn already covers it
+            if len(seq.request.prompt_ids) + len(continuation) <= self.max_seq_len:
+                continuations.append(continuation)
+        return continuations
+
+    def _warm_up(self, job: _Warmup) -> None:
+        """Prefill history continuations from the kept prompt state (skipped if it was evicted meanwhile)."""
+        for continuation in job.continuations:
+            state = self.states.get(job.prompt_ids)
+            if state is None:
+                return
+            try:
+                self.model(torch.tensor([continuation], dtype=torch.long, device=self._device), state)
+            except Exception:  # an optimisation only: a failure here must not disturb serving
+                return
+            self.states.put(job.prompt_ids + continuation, state)
 
     def _finish_unstarted(self, request: _Request, now: float) -> None:
         waited = (now - request.submitted) * 1e3
@@ -437,8 +527,10 @@ class Engine:
 
     def _fail_all(self, message: str) -> None:
         self._fail_active(message)
+        self._warmups.clear()
         while True:
             try:
                 self._queue.get_nowait().handle._put(Failed(message))
             except queue.Empty:
                 return
+            self._count_in_flight(-1)

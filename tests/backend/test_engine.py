@@ -212,12 +212,14 @@ def test_bad_requests_fail_at_submit(make_engine):
         engine.submit(chat("ciao"), SamplingParams(top_p=0))
 
 
-def test_a_follow_up_turn_from_a_kept_state_equals_a_full_prefill(make_engine, model_and_tokenizer):
+@pytest.mark.parametrize("keep_thinking", [False, True], ids=["server-history", "cli-history"])
+def test_a_follow_up_turn_from_a_kept_state_equals_a_full_prefill(
+    make_engine, model_and_tokenizer, keep_thinking
+):
     _, tokenizer = model_and_tokenizer
     engine = make_engine()
     fresh = make_engine(state_cache_bytes=0)
     history = chat(PROMPTS[1])
-    previous_prompt = 0
     for turn, question in enumerate(["E poi? 🎉", "Grazie, più tardi.", "Ok!"]):
         reused_before = engine.states.reused_tokens
         reused = engine.submit(history, greedy(20))
@@ -225,10 +227,31 @@ def test_a_follow_up_turn_from_a_kept_state_equals_a_full_prefill(make_engine, m
         full = fresh.submit(history, greedy(20))
         collect(full)
         assert reused.output_ids == full.output_ids, f"turn {turn}"
-        assert engine.states.reused_tokens - reused_before >= previous_prompt  # at least the last prompt
-        previous_prompt = len(tokenizer.encode_chat(history))
-        history = [*history, {"role": "assistant", "content": answer, "thinking": thinking}, *chat(question)]
+        if turn:  # everything but the new user message came from a kept state
+            kept = len(tokenizer.encode_chat(history[:-1], add_generation_prompt=False))
+            assert engine.states.reused_tokens - reused_before == kept, f"turn {turn}"
+        assistant = {"role": "assistant", "content": answer} | (
+            {"thinking": thinking} if keep_thinking else {}
+        )
+        history = [*history, assistant, *chat(question)]
+        assert engine.wait_idle(timeout=30)  # the history warm-up runs while the user would be typing
     assert engine.states.hits == 2 and fresh.states.hits == 0
+
+
+def test_an_edited_answer_in_the_history_reuses_the_prompt_state(make_engine, model_and_tokenizer):
+    _, tokenizer = model_and_tokenizer
+    engine = make_engine()
+    first = chat(PROMPTS[0])
+    collect(engine.submit(first, greedy(12)))
+    assert engine.wait_idle(timeout=30)
+    history = [*first, {"role": "assistant", "content": "una risposta scritta a mano"}, *chat("E poi?")]
+    reused_before = engine.states.reused_tokens
+    handle = engine.submit(history, greedy(12))
+    collect(handle)
+    assert engine.states.reused_tokens - reused_before == len(tokenizer.encode_chat(first))
+    full = make_engine(state_cache_bytes=0).submit(history, greedy(12))
+    collect(full)
+    assert handle.output_ids == full.output_ids
 
 
 def test_async_iterator_gives_the_same_events(make_engine):
