@@ -8,13 +8,11 @@ only: norms, biases and the Mamba dynamics parameters (A_log, D, dt_bias) are le
 from __future__ import annotations
 
 import importlib.util
-import logging
 import re
 
 import torch
 from torch import nn
 
-log = logging.getLogger("training")
 _BLOCK_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 _NO_DECAY_NAMES = ("A_log", "dt_bias", ".D", "bias")
 
@@ -47,16 +45,19 @@ def build_optimizer(
     eps: float,
     device: torch.device,
     eight_bit: bool,
-) -> torch.optim.Optimizer:
-    """AdamW; bitsandbytes' 8-bit AdamW when asked for, installed and on CUDA, else torch's (logged)."""
+) -> tuple[torch.optim.Optimizer, str]:
+    """AdamW and a line saying which: bitsandbytes' 8-bit AdamW when asked for, installed and on CUDA,
+    else torch's (the fallback is reported, not silent)."""
     if eight_bit and device.type == "cuda" and importlib.util.find_spec("bitsandbytes") is not None:
         import bitsandbytes
 
-        log.info("optimizer: bitsandbytes AdamW8bit")
-        return bitsandbytes.optim.AdamW8bit(groups, lr=lr, betas=betas, eps=eps)
+        return bitsandbytes.optim.AdamW8bit(
+            groups, lr=lr, betas=betas, eps=eps
+        ), "optimizer: bitsandbytes AdamW8bit"
+    note = "optimizer: torch AdamW"
     if eight_bit:
         reason = "not on CUDA" if device.type != "cuda" else "bitsandbytes is not installed"
-        log.info("optimizer: torch AdamW (8-bit AdamW unavailable: %s)", reason)
+        note += f" (8-bit AdamW unavailable: {reason})"
     if device.type == "cuda":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, foreach=True)  # fewer tiny kernels on CPU
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True), note
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, foreach=True), note  # fewer small kernels

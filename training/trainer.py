@@ -122,7 +122,7 @@ class Trainer:
         torch.manual_seed(recipe.seed)
         self.model = NanoPrime(config).to(self.device)
         self.groups = param_groups(self.model, config.n_layers, opt.weight_decay)
-        self.optimizer = build_optimizer(
+        self.optimizer, self.optimizer_note = build_optimizer(
             self.groups, opt.lr, (opt.beta1, opt.beta2), opt.eps, self.device, opt.eight_bit
         )
         self.ddp: nn.Module = self.model
@@ -345,6 +345,7 @@ class Trainer:
         end = self.total_steps if stop_after is None else min(self.total_steps, self.step + stop_after)
         if self.metrics is not None:
             self.metrics.truncate_after(self.step)
+        log.info(self.optimizer_note)
         previous_handler = signal.signal(signal.SIGINT, self._request_stop)
         bar = tqdm(total=end, initial=self.step, disable=not self.dist.is_main, dynamic_ncols=True)
         try:
