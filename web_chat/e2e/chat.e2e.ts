@@ -121,7 +121,7 @@ async function sendUntil(
 }
 
 /** Sends, lets the answer run past `minChars`, then stops it with `stop`; again if it ended on its own first. */
-async function stopMidAnswer(page: Page, text: string, stop: () => Promise<void>, minChars = 20): Promise<void> {
+async function stopMidAnswer(page: Page, text: string, stop: () => Promise<unknown>, minChars = 20): Promise<void> {
   for (let attempt = 1; attempt <= 4; attempt++) {
     const n = await assistants(page).count();
     await send(page, attempt === 1 ? text : `${text} (try ${attempt})`);
@@ -230,6 +230,21 @@ describe("web chat in a browser", () => {
     await page.reload();
     await page.waitForSelector('[data-testid="message-assistant"][data-status="stopped"]');
     expect(await assistants(page).last().getByTestId("answer-text").textContent()).toBe(shown);
+    await page.close();
+  });
+
+  it("reloading during an answer shows what was stored, not a blank page", async () => {
+    const page = await openApp({ thinking: false, max_tokens: 2000 });
+    await stopMidAnswer(page, "Keep going for a while", () => page.reload());
+    // the reload closed the stream: the server kept the partial answer as stopped, and the page shows it
+    expect((await page.getByTestId("message-user").allTextContents()).at(-1)).toMatch(/^Keep going for a while/);
+    const answer = (await assistants(page).last().getByTestId("answer-text").textContent()) ?? "";
+    expect(answer.length).toBeGreaterThan(0);
+    const stored = await getConversation(conversationIdOf(page) ?? "");
+    expect(stored.messages.slice(-2).map((m) => [m.role, m.status])).toEqual([
+      ["user", "complete"],
+      ["assistant", "stopped"],
+    ]);
     await page.close();
   });
 
