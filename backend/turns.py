@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from backend import orm, store
 from backend.db import session_scope
-from backend.errors import APIError, BadRequest, Conflict
+from backend.errors import BadRequest, Conflict
 from backend.runtime import Generation, Runtime
 from backend.schemas import TurnRequest
 from model.generation import Done, Failed, SamplingParams, ThinkingDelta, TokenDelta
@@ -258,7 +258,7 @@ class Turns:
                 ) from error
             try:
                 generation = slot.submit(rows.history, planned["params"])
-            except APIError:
+            except Exception:  # refused (429) or broken: leave no placeholder "streaming" behind
                 await run_in_threadpool(self._discard, rows, not new_user_message)
                 raise
             turn = Turn(self, rows, generation)
