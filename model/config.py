@@ -96,9 +96,10 @@ class NanoPrimeConfig:
     format_version: int = CONFIG_FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        if not self.layer_pattern:
+        # Derived defaults only from well-typed sizes; validate() names whatever is wrong.
+        if not self.layer_pattern and _is_positive_int(self.n_layers):
             self.layer_pattern = [LAYER_TYPES[i % 2] for i in range(self.n_layers)]
-        if self.ffn_hidden == 0:
+        if self.ffn_hidden == 0 and _is_positive_int(self.d_model):
             self.ffn_hidden = _round_up(int(8 * self.d_model / 3), 64)
         self.validate()
 
@@ -125,13 +126,43 @@ class NanoPrimeConfig:
             "thinking_loop.max_iterations": self.thinking_loop.max_iterations,
         }
         for name, value in positive.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            if not _is_positive_int(value):
                 raise ValueError(f"config field '{name}' must be a positive integer, got {value!r}")
-        if self.mla.rope_dim <= 0 or self.mla.rope_dim % 2:
+        switches = {
+            "tie_embeddings": self.tie_embeddings,
+            "gradient_checkpointing": self.gradient_checkpointing,
+            "bitnet.enabled": self.bitnet.enabled,
+            "bitnet.quantize_activations": self.bitnet.quantize_activations,
+            "mamba.use_mamba2": self.mamba.use_mamba2,
+            "router.enabled": self.router.enabled,
+            "thinking_loop.enabled": self.thinking_loop.enabled,
+        }
+        for name, value in switches.items():
+            if not isinstance(value, bool):
+                raise ValueError(f"config field '{name}' must be true or false, got {value!r}")
+        positive_reals = {
+            "norm_eps": self.norm_eps,
+            "bitnet.eps": self.bitnet.eps,
+            "mla.rope_theta": self.mla.rope_theta,
+            "mamba.dt_min": self.mamba.dt_min,
+            "mamba.dt_max": self.mamba.dt_max,
+            "mamba.dt_init_floor": self.mamba.dt_init_floor,
+            "router.temperature": self.router.temperature,
+        }
+        for name, value in positive_reals.items():
+            if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < float("inf"):
+                raise ValueError(f"config field '{name}' must be a positive number, got {value!r}")
+        if self.mamba.dt_min > self.mamba.dt_max:
+            raise ValueError("config field 'mamba.dt_min' must not exceed 'mamba.dt_max'")
+        if not isinstance(self.layer_pattern, list):
+            raise ValueError(
+                f"config field 'layer_pattern' must be a list, got {type(self.layer_pattern).__name__}"
+            )
+        if not _is_positive_int(self.mla.rope_dim) or self.mla.rope_dim % 2:
             raise ValueError(
                 f"config field 'mla.rope_dim' must be a positive even integer, got {self.mla.rope_dim}"
             )
-        if self.mla.q_lora_rank is not None and self.mla.q_lora_rank <= 0:
+        if self.mla.q_lora_rank is not None and not _is_positive_int(self.mla.q_lora_rank):
             raise ValueError(
                 f"config field 'mla.q_lora_rank' must be None or positive, got {self.mla.q_lora_rank}"
             )
@@ -158,9 +189,8 @@ class NanoPrimeConfig:
                 "config field 'router.n_experts' must be >= 2 (a fast and a slow path), "
                 f"got {self.router.n_experts}"
             )
-        if self.router.temperature <= 0:
-            raise ValueError(f"config field 'router.temperature' must be > 0, got {self.router.temperature}")
-        if not 0 < self.thinking_loop.halt_threshold <= 1:
+        threshold = self.thinking_loop.halt_threshold
+        if not isinstance(threshold, int | float) or isinstance(threshold, bool) or not 0 < threshold <= 1:
             raise ValueError("config field 'thinking_loop.halt_threshold' must be in (0, 1]")
         if self.format_version != CONFIG_FORMAT_VERSION:
             raise ValueError(
@@ -239,6 +269,10 @@ def _build_nested(kind: type, name: str, value: Any) -> Any:
         if key not in known:
             raise ValueError(f"unknown config key '{name}.{key}'")
     return kind(**value)
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _round_up(value: int, multiple: int) -> int:
