@@ -39,6 +39,32 @@ export function ChatApp() {
     setSidebarOpen(false);
   }, []);
 
+  const loadModel = useCallback((signal?: AbortSignal) => {
+    api
+      .models(signal)
+      .then((res) => {
+        setModel(res.models[0] ?? null);
+        setModelError(null);
+      })
+      .catch((err: unknown) => {
+        if (!signal?.aborted) setModelError(err instanceof Error ? err.message : String(err));
+      });
+  }, []);
+
+  useEffect(() => {
+    const controller = new AbortController();
+    loadModel(controller.signal);
+    return () => controller.abort();
+  }, [loadModel]);
+
+  // A server that was down or still loading at first will be asked again after the next turn.
+  const modelKnown = useRef(false);
+  modelKnown.current = model !== null;
+  const onTurnEnded = useCallback(() => {
+    refresh();
+    if (!modelKnown.current) loadModel();
+  }, [refresh, loadModel]);
+
   const chat = useChat({
     conversationId,
     settings: () => generationSettings(latest()),
@@ -47,7 +73,7 @@ export function ChatApp() {
       addLocal({ id, title: firstMessage.split("\n")[0].slice(0, 80), created_at: now, updated_at: now });
       navigate(id);
     },
-    onTurnEnded: refresh,
+    onTurnEnded,
   });
   const { state } = chat;
 
@@ -58,17 +84,6 @@ export function ChatApp() {
     const onPop = () => setConversationId(readConversationId());
     window.addEventListener("popstate", onPop);
     return () => window.removeEventListener("popstate", onPop);
-  }, []);
-
-  useEffect(() => {
-    const controller = new AbortController();
-    api
-      .models(controller.signal)
-      .then((res) => setModel(res.models[0] ?? null))
-      .catch((err: unknown) => {
-        if (!controller.signal.aborted) setModelError(err instanceof Error ? err.message : String(err));
-      });
-    return () => controller.abort();
   }, []);
 
   // Esc stops an answer (and closes the drawer); dialogs handle their own Esc.
@@ -108,6 +123,12 @@ export function ChatApp() {
 
   return (
     <div className="flex h-dvh overflow-hidden bg-bg text-fg">
+      <a
+        href="#composer"
+        className="sr-only focus:not-sr-only focus:absolute focus:left-3 focus:top-3 focus:z-50 focus:rounded-lg focus:bg-raised focus:px-3 focus:py-2 focus:text-sm focus:shadow-lg"
+      >
+        Skip to the message box
+      </a>
       <Sidebar
         conversations={conversations}
         activeId={conversationId}
