@@ -30,6 +30,12 @@ class BadRequest(APIError):
     pass
 
 
+class Unprocessable(APIError):
+    """A well-formed value outside what this server allows (a limit from its settings)."""
+
+    status_code = 422
+
+
 class NotFound(APIError):
     status_code = 404
     error_type = "not_found_error"

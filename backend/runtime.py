@@ -55,7 +55,7 @@ class Runtime:
         self.error: str | None = None
         self.info: ModelInfo | None = None
         self.tokenizer: Any = None
-        self.engine: Any = None
+        self.engine: Engine | None = None
         self._lock = threading.Lock()
         self._admitted = 0  # accepted and not yet finished
         self.metrics = Metrics(

@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from backend import orm, store
 from backend.db import session_scope
-from backend.errors import BadRequest, Conflict
+from backend.errors import Conflict, Unprocessable
 from backend.runtime import Generation, Runtime
 from backend.schemas import TurnRequest
 from model.generation import Done, Failed, SamplingParams, ThinkingDelta, TokenDelta
@@ -51,7 +51,7 @@ Begin = Callable[[Session, store.Plan], store.TurnRows]
 
 def check_max_tokens(settings: dict[str, Any], limit: int) -> None:
     if settings.get("max_tokens") is not None and settings["max_tokens"] > limit:
-        raise BadRequest(
+        raise Unprocessable(
             f"max_tokens: at most {limit} tokens per answer, got {settings['max_tokens']}", "max_tokens"
         )
 
@@ -132,8 +132,14 @@ class Turn:
                 last = now
         except asyncio.CancelledError:
             # The server is going down without waiting for us: keep what there is, synchronously.
-            self._store_now(self._outcome(answer, thinking, None, "the server shut down mid-answer", None))
+            outcome = self._outcome(answer, thinking, None, "the server shut down mid-answer", None)
+            outcome["status"], outcome["finish_reason"] = orm.INTERRUPTED, None
+            try:
+                self._store_now(outcome)
+            except Exception:
+                log.exception("could not store answer %s", self.rows.assistant_message_id)
             self.ended.set()
+            self._turns.forget(self)
             raise
         except Exception as error:
             log.exception("turn %s failed", self.rows.assistant_message_id)
@@ -172,10 +178,7 @@ class Turn:
     ) -> dict[str, Any]:
         outcome: dict[str, Any] = {"content": "".join(answer), "thinking": "".join(thinking)}
         if failure is not None:
-            status = orm.INTERRUPTED if failure.startswith("the server shut down") else orm.ERROR
-            outcome.update(
-                status=status, finish_reason="error" if status == orm.ERROR else None, error=failure
-            )
+            outcome.update(status=orm.ERROR, finish_reason="error", error=failure)
         elif done is not None:
             outcome.update(
                 status=orm.STOPPED if done.finish_reason == "cancelled" else orm.COMPLETE,

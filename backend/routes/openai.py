@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from backend.errors import APIError, BadRequest, error_body
+from backend.errors import APIError, Unprocessable, error_body
 from backend.routes.chat import SSE_HEADERS
 from backend.routes.deps import get_runtime
 from backend.runtime import Generation, ModelInfo, Runtime
@@ -142,7 +142,7 @@ async def chat_completions(
         try:
             check_max_tokens(settings, runtime.settings.max_new_tokens_limit)
         except APIError as error:
-            raise BadRequest(error.message.replace("max_tokens", limit_field, 1), limit_field) from error
+            raise Unprocessable(error.message.replace("max_tokens", limit_field, 1), limit_field) from error
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
     messages = body.chat()
     params, _ = runtime.fit_to_context(messages, sampling_params(settings, seed), "messages", limit_field)
