@@ -247,6 +247,7 @@ class Engine:
         self._warmups: deque[_Warmup] = deque(maxlen=2 * max_batch_size)
         self._in_flight = 0  # submitted requests not yet running or finished
         self._in_flight_lock = threading.Lock()
+        self._busy = False  # the worker is doing something other than waiting for a request
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -293,7 +294,7 @@ class Engine:
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until nothing is queued, running or warming up; False if `timeout` seconds pass first."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self._in_flight or self._active or self._warmups:
+        while self._busy or self._in_flight or self._active or self._warmups:
             if deadline is not None and time.monotonic() > deadline:
                 return False
             time.sleep(0.002)
@@ -329,6 +330,7 @@ class Engine:
                 elif self._warmups:
                     self._warm_up(self._warmups[0])
                     self._warmups.popleft()
+        self._busy = False
 
     def _admit(self) -> None:
         """Prefill waiting requests into free slots; wait briefly for work when there is nothing to do."""
@@ -337,7 +339,11 @@ class Engine:
                 if self._active or self._warmups:
                     request = self._queue.get_nowait()
                 else:
-                    request = self._queue.get(timeout=0.05)
+                    self._busy = False
+                    try:
+                        request = self._queue.get(timeout=0.05)
+                    finally:
+                        self._busy = True
             except queue.Empty:
                 return
             try:

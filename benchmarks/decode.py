@@ -1,0 +1,361 @@
+"""Decode benchmark: NanoPrime against a Llama of the same width, depth and vocabulary, and the engine.
+
+All in one run, on random weights (speed does not depend on what the weights say):
+  1. batch-1 decode tokens/s at several contexts, NanoPrime (served form, loaded from a model directory) vs
+     transformers' LlamaForCausalLM with its KV cache (targets: >= 2x at 128, >= 4x at 4096);
+  2. NanoPrime's per-token decode time at the longest context / the shortest (target <= 1.3x);
+  3. aggregate tokens/s through the engine with 1, 4 and 16 concurrent sequences (target: 16 >= 6x one);
+  4. cache bytes per token against the Llama KV cache;
+  5. time to first token of the 10th turn of a conversation with state reuse / the 1st turn (target <= 1.5x),
+     and against a full re-prefill of the same history.
+
+    python benchmarks/decode.py [--preset pocket] [--threads N] [--out benchmarks/results/decode.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from backend.engine import Engine
+from model.checkpoint import load_model_dir, save_model_dir
+from model.config import NanoPrimeConfig, preset
+from model.generation import Done, SamplingParams, ThinkingDelta, TokenDelta
+from model.nanoprime import NanoPrime
+from model.tokenizer import Tokenizer
+from training.tokenizer import train_tokenizer
+
+WIDTHS = [8, 16, 12, 9, 15, 18]
+WORDS = ["il", "gatto", "la", "città", "perché", "caffè", "è", "già", "più", "the", "model", "thinks"]
+WORDS += ["about", "numbers", "pizza", "robot", "answer", "🍕", "🤖"]
+
+
+# ---- models ------------------------------------------------------------------------------------------------
+def build_nanoprime(config: NanoPrimeConfig, tokenizer: Tokenizer, workdir: Path) -> NanoPrime:
+    """Random weights, saved and loaded back: the packed serving form the server runs."""
+    torch.manual_seed(0)
+    save_model_dir(NanoPrime(config).eval(), tokenizer, workdir / "model", {"description": "benchmark"})
+    model, _ = load_model_dir(workdir / "model")
+    return model.eval()
+
+
+def build_llama(config: NanoPrimeConfig) -> LlamaForCausalLM:
+    """Same width, depth, FFN, vocabulary, head count and context as NanoPrime; multi-head attention."""
+    heads = config.mla.n_heads
+    llama_config = LlamaConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.d_model,
+        intermediate_size=config.ffn_hidden,
+        num_hidden_layers=config.n_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        head_dim=config.d_model // heads,
+        max_position_embeddings=config.max_seq_len,
+        tie_word_embeddings=config.tie_embeddings,
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(llama_config).eval()
+
+
+def build_tokenizer(vocab_size: int) -> Tokenizer:
+    """A BPE as large as the model's vocabulary, so every id a random model samples decodes to text."""
+    rng = random.Random(0)
+    syllables = [c + v for c in "bcdfglmnprstvz" for v in "aeiouàèéìòù"] + ["the", "and", "ing", "🍕", "🤖"]
+    words = ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(6000)]
+    texts = [" ".join(rng.choice(words) for _ in range(40)) + "." for _ in range(6000)]
+    return train_tokenizer(texts, vocab_size=vocab_size)
+
+
+# ---- 1, 2, 4: batch-1 decode -----------------------------------------------------------------------------
+@torch.inference_mode()
+def decode_side_by_side(
+    nanoprime: NanoPrime, llama: LlamaForCausalLM, context: int, steps: int, warmup: int = 4
+) -> dict[str, Any]:
+    """Greedy decode steps after a `context`-token prefill, the two models alternating step by step so that
+    both see the same machine load; median seconds per step and the cache bytes at the end."""
+    ids = torch.randint(
+        0, nanoprime.config.vocab_size, (1, context), generator=torch.Generator().manual_seed(1)
+    )
+    state = nanoprime.new_state(batch_size=1)
+    logits, state = nanoprime(ids, state)
+    np_token = logits[:, -1:].argmax(-1)
+    out = llama(ids, use_cache=True)
+    cache, ll_token = out.cache, out.logits[:, -1:].argmax(-1)
+
+    def np_step() -> None:
+        nonlocal np_token
+        np_token = nanoprime(np_token, state)[0][:, -1:].argmax(-1)
+
+    def ll_step() -> None:
+        nonlocal ll_token
+        ll_token = llama(ll_token, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
+
+    times: dict[str, list[float]] = {"nanoprime": [], "llama": []}
+    for step in range(warmup + steps):
+        order = [("nanoprime", np_step), ("llama", ll_step)]
+        for name, run in order if step % 2 else order[::-1]:
+            start = time.perf_counter()
+            run()
+            if step >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {
+        "nanoprime_s": statistics.median(times["nanoprime"]),
+        "llama_s": statistics.median(times["llama"]),
+        "nanoprime_cache_bytes": state.nbytes(),
+        "llama_cache_bytes": sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers),
+        "tokens": context + warmup + steps,
+    }
+
+
+# ---- 3: engine throughput ----------------------------------------------------------------------------------
+def engine_throughput(
+    model: NanoPrime, tokenizer: Tokenizer, concurrency: int, new_tokens: int, repeats: int
+) -> float:
+    """Aggregate generated tokens/s for `concurrency` requests submitted together (prefills included);
+    the best of `repeats` runs, since a busy machine can only make a run slower."""
+    engine = Engine(model, tokenizer, max_batch_size=16, max_queue=64, state_cache_bytes=0)
+    engine.start()
+    rates = []
+    try:
+        for _ in range(repeats):
+            params = [
+                SamplingParams(seed=i, max_new_tokens=new_tokens, ignore_eos=True) for i in range(concurrency)
+            ]
+            prompts = [chat(f"Domanda {i}: perché il caffè è buono?") for i in range(concurrency)]
+            start = time.perf_counter()
+            handles = [engine.submit(prompt, p) for prompt, p in zip(prompts, params, strict=True)]
+            tokens = sum(last_event(h).usage["completion_tokens"] for h in handles)
+            rates.append(tokens / (time.perf_counter() - start))
+    finally:
+        engine.shutdown()
+    return max(rates)
+
+
+# ---- 5: time to first token over a conversation ------------------------------------------------------------
+def conversation_ttft(model: NanoPrime, tokenizer: Tokenizer, turns: int, repeats: int) -> dict[str, Any]:
+    """TTFT of turn 1 and of turn `turns` with state reuse, and of turn `turns` by a full re-prefill.
+
+    The conversation is played once (the history sent back as the server does: answers without thinking,
+    with a pause between turns in which the engine warms up the history), then the three requests are
+    repeated in turns so that all three see the same machine load. Turn 1 has no kept prefix: a full prefill.
+    """
+    reuse = Engine(model, tokenizer, state_cache_bytes=512 * 2**20)
+    fresh = Engine(model, tokenizer, state_cache_bytes=0)
+    reuse.start()
+    fresh.start()
+    rng = random.Random(2)
+    params = SamplingParams(temperature=0.7, seed=3, max_new_tokens=48, ignore_eos=True)
+    history: list[dict[str, str]] = [{"role": "system", "content": "Sei un assistente utile e conciso."}]
+    warmup_ms: list[float] = []
+    ttft: dict[str, list[float]] = {"first": [], "reuse": [], "full": []}
+    try:
+        for turn in range(1, turns + 1):
+            history.append({"role": "user", "content": " ".join(rng.choice(WORDS) for _ in range(20))})
+            if turn == 1:
+                first_turn = list(history)
+            if turn < turns:
+                _, answer, _ = run_turn(reuse, history, params)
+                start = time.perf_counter()
+                reuse.wait_idle()  # the user reads and types: the engine warms up the history meanwhile
+                warmup_ms.append((time.perf_counter() - start) * 1e3)
+                history.append({"role": "assistant", "content": answer})
+        reused_before = reuse.states.reused_tokens
+        for _ in range(repeats):
+            for name, engine, messages in (
+                ("first", reuse, first_turn),
+                ("reuse", reuse, history),
+                ("full", fresh, history),
+            ):
+                ttft[name].append(run_turn(engine, messages, params)[2].timings["ttft_ms"])
+                engine.wait_idle()
+        reused_last_turn = (reuse.states.reused_tokens - reused_before) // repeats
+    finally:
+        reuse.shutdown()
+        fresh.shutdown()
+    return {
+        "turns": turns,
+        "turn_1_prompt_tokens": len(tokenizer.encode_chat(first_turn)),
+        f"turn_{turns}_prompt_tokens": len(tokenizer.encode_chat(history)),
+        f"turn_{turns}_tokens_from_kept_state": reused_last_turn,
+        "ttft_ms_turn_1": min(ttft["first"]),
+        f"ttft_ms_turn_{turns}_reuse": min(ttft["reuse"]),
+        f"ttft_ms_turn_{turns}_full_prefill": min(ttft["full"]),
+        "ttft_ms_samples": ttft,
+        "idle_warmup_ms_median": statistics.median(warmup_ms),
+        "kept_state_bytes": reuse.states.bytes,
+    }
+
+
+def run_turn(engine: Engine, history: list[dict[str, str]], params: SamplingParams) -> tuple[str, str, Done]:
+    thinking, answer, done = [], [], None
+    for event in engine.submit(history, params):
+        if isinstance(event, ThinkingDelta):
+            thinking.append(event.text)
+        elif isinstance(event, TokenDelta):
+            answer.append(event.text)
+        elif isinstance(event, Done):
+            done = event
+    if done is None:
+        raise RuntimeError("a benchmark turn failed")
+    return "".join(thinking), "".join(answer), done
+
+
+def chat(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def last_event(handle: Any) -> Done:
+    events = list(handle)
+    if not isinstance(events[-1], Done):
+        raise RuntimeError(f"a benchmark request failed: {events[-1]}")
+    return events[-1]
+
+
+# ---- main --------------------------------------------------------------------------------------------------
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="pocket")
+    parser.add_argument("--contexts", type=int, nargs="+", default=[128, 2048, 4096])
+    parser.add_argument("--steps", type=int, default=48, help="decode steps timed per context")
+    parser.add_argument("--engine-tokens", type=int, default=64, help="tokens per request in the engine runs")
+    parser.add_argument("--turns", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5, help="repeats of each TTFT measurement (best)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/decode.json"))
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    longest = max(args.contexts)
+    config = preset(args.preset).with_overrides(
+        max_seq_len=max(preset(args.preset).max_seq_len, longest + 512)
+    )
+    tokenizer = build_tokenizer(config.vocab_size)
+    if tokenizer.vocab_size != config.vocab_size:
+        raise SystemExit(
+            f"the benchmark tokenizer has {tokenizer.vocab_size} tokens, the model {config.vocab_size}"
+        )
+    with tempfile.TemporaryDirectory() as workdir:
+        nanoprime = build_nanoprime(config, tokenizer, Path(workdir))
+    llama = build_llama(config)
+    results: dict[str, Any] = {
+        "preset": args.preset,
+        "nanoprime_parameters": nanoprime.num_parameters(),
+        "llama_parameters": sum(p.numel() for p in llama.parameters()),
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "load_average_at_start": os.getloadavg()[0],
+        "decode": [],
+    }
+
+    threads = torch.get_num_threads()
+    print(f"decode, batch 1, median of {args.steps} steps after a prefill of the context ({threads} threads)")
+    header = ["context", "NanoPrime tok/s", "Llama tok/s", "speed-up", "NP bytes/token", "Llama bytes/token"]
+    print(" ".join(f"{h:>{w}}" for h, w in zip(header, WIDTHS, strict=True)))
+    for context in args.contexts:
+        measured = decode_side_by_side(nanoprime, llama, context, args.steps)
+        np_ms, ll_ms = measured["nanoprime_s"] * 1e3, measured["llama_s"] * 1e3
+        np_bytes, ll_bytes, tokens = (
+            measured["nanoprime_cache_bytes"],
+            measured["llama_cache_bytes"],
+            measured["tokens"],
+        )
+        row = {
+            "context": context,
+            "nanoprime_ms_per_token": np_ms,
+            "llama_ms_per_token": ll_ms,
+            "nanoprime_tokens_per_s": 1e3 / np_ms,
+            "llama_tokens_per_s": 1e3 / ll_ms,
+            "speedup": ll_ms / np_ms,
+            "nanoprime_cache_bytes": np_bytes,
+            "llama_cache_bytes": ll_bytes,
+            "cache_tokens": tokens,
+            "nanoprime_cache_bytes_per_token": np_bytes / tokens,
+            "llama_cache_bytes_per_token": ll_bytes / tokens,
+        }
+        results["decode"].append(row)
+        cells = [
+            f"{context}",
+            f"{row['nanoprime_tokens_per_s']:.1f}",
+            f"{row['llama_tokens_per_s']:.1f}",
+            f"{row['speedup']:.2f}x",
+            f"{row['nanoprime_cache_bytes_per_token']:.0f}",
+            f"{row['llama_cache_bytes_per_token']:.0f}",
+        ]
+        print(" ".join(f"{c:>{w}}" for c, w in zip(cells, WIDTHS, strict=True)))
+    shortest_row, longest_row = results["decode"][0], results["decode"][-1]
+    growth = longest_row["nanoprime_ms_per_token"] / shortest_row["nanoprime_ms_per_token"]
+    llama_growth = longest_row["llama_ms_per_token"] / shortest_row["llama_ms_per_token"]
+    results["nanoprime_time_growth"] = growth
+    results["llama_time_growth"] = llama_growth
+    print(
+        f"per-token time at {longest_row['context']} / at {shortest_row['context']}: "
+        f"NanoPrime {growth:.2f}x (target <= 1.3x), Llama {llama_growth:.2f}x"
+    )
+
+    print(f"\nengine, {args.engine_tokens} tokens per request, temperature 0.7, best of 2 runs")
+    results["engine"] = []
+    for concurrency in (1, 4, 16):
+        rate = engine_throughput(nanoprime, tokenizer, concurrency, args.engine_tokens, repeats=2)
+        results["engine"].append({"concurrency": concurrency, "tokens_per_s": rate})
+        print(f"{concurrency:>3} concurrent: {rate:8.1f} tokens/s")
+    scaling = results["engine"][-1]["tokens_per_s"] / results["engine"][0]["tokens_per_s"]
+    results["engine_scaling_16_vs_1"] = scaling
+    print(f"16 concurrent / 1: {scaling:.2f}x (target >= 6x)")
+
+    ttft = conversation_ttft(nanoprime, tokenizer, args.turns, args.repeats)
+    results["conversation"] = ttft
+    turns = args.turns
+    reuse_ratio = ttft[f"ttft_ms_turn_{turns}_reuse"] / ttft["ttft_ms_turn_1"]
+    full_ratio = ttft[f"ttft_ms_turn_{turns}_full_prefill"] / ttft[f"ttft_ms_turn_{turns}_reuse"]
+    results["ttft_ratio_turn_n_vs_1"] = reuse_ratio
+    results["ttft_full_prefill_vs_reuse"] = full_ratio
+    first_tokens = ttft["turn_1_prompt_tokens"]
+    last_tokens, kept_tokens = (
+        ttft[f"turn_{turns}_prompt_tokens"],
+        ttft[f"turn_{turns}_tokens_from_kept_state"],
+    )
+    print(
+        f"\nconversation of {turns} turns, best of {args.repeats}: turn 1 prompt {first_tokens} tokens; "
+        f"turn {turns} prompt {last_tokens} tokens, {kept_tokens} of them from a kept state "
+        f"(idle warm-up after each turn: {ttft['idle_warmup_ms_median']:.0f} ms)"
+    )
+    print(f"TTFT turn 1: {ttft['ttft_ms_turn_1']:.1f} ms")
+    print(
+        f"TTFT turn {turns} with state reuse: {ttft[f'ttft_ms_turn_{turns}_reuse']:.1f} ms "
+        f"= {reuse_ratio:.2f}x turn 1 (target <= 1.5x)"
+    )
+    print(
+        f"TTFT turn {turns} by full re-prefill: {ttft[f'ttft_ms_turn_{turns}_full_prefill']:.1f} ms "
+        f"= {full_ratio:.2f}x the reuse"
+    )
+
+    cache_ratio = longest_row["llama_cache_bytes"] / longest_row["nanoprime_cache_bytes"]
+    results["cache_bytes_llama_vs_nanoprime_at_longest"] = cache_ratio
+    mib = 2**20
+    print(
+        f"\ncache at {longest_row['cache_tokens']} tokens: "
+        f"NanoPrime {longest_row['nanoprime_cache_bytes'] / mib:.2f} MiB, "
+        f"Llama {longest_row['llama_cache_bytes'] / mib:.2f} MiB ({cache_ratio:.1f}x smaller)"
+    )
+    results["load_average_at_end"] = os.getloadavg()[0]
+    start_load, end_load = results["load_average_at_start"], results["load_average_at_end"]
+    print(f"load average {start_load:.1f} at the start, {end_load:.1f} at the end")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
