@@ -18,6 +18,7 @@ import logging
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from model.config import NanoPrimeConfig
 from model.nanoprime import NanoPrime
 from model.tokenizer import Tokenizer
 from training import checkpointing
@@ -64,8 +66,13 @@ class Trainer:
         resume: str | Path | None = None,
         write: bool = True,
         base_dir: Path | None = None,
+        model_factory: Callable[[NanoPrimeConfig], nn.Module] = NanoPrime,
     ):
-        """`write=False` (dry run) touches no file; `base_dir` resolves relative data paths (default: cwd)."""
+        """`write=False` (dry run) touches no file; `base_dir` resolves relative data paths (default: cwd).
+
+        `model_factory` lets benchmarks push another model (same call: ids -> (logits, _)) through this exact
+        loop; checkpoints and export expect a NanoPrime.
+        """
         self.dist = dist
         self.write = write
         self.base_dir = base_dir or Path.cwd()
@@ -120,7 +127,7 @@ class Trainer:
         self.phase_ends = _cumulative(recipe.phase_steps())
 
         torch.manual_seed(recipe.seed)
-        self.model = NanoPrime(config).to(self.device)
+        self.model = model_factory(config).to(self.device)
         self.groups = param_groups(self.model, config.n_layers, opt.weight_decay)
         self.optimizer, self.optimizer_note = build_optimizer(
             self.groups, opt.lr, (opt.beta1, opt.beta2), opt.eps, self.device, opt.eight_bit
