@@ -192,3 +192,21 @@ def test_tokenizer_and_export_commands(tmp_path: Path, corpus_dir: Path, tokeniz
     assert_clear_error(
         run_cli("export", str(tmp_path / "run"), str(tmp_path / "x"), "--swa"), "no SWA weights"
     )
+    report = tmp_path / "eval.json"
+    completed = run_cli(
+        "eval", str(tmp_path / "exported"), "--text", str(corpus_dir / "stories.txt"), "--max-tokens", "100",
+        "--seq-len", "32", "--tasks", "arithmetic,counting", "--n", "2", "--max-new-tokens", "4",
+        "--json", str(report),
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert (
+        "arithmetic (thinking on): " in completed.stdout and "counting (thinking off): " in completed.stdout
+    )
+    figures = json.loads(report.read_text())
+    assert figures["text"]["tokens"] == 100
+    assert set(figures["tasks"]) == {
+        "arithmetic/think",
+        "arithmetic/no_think",
+        "counting/think",
+        "counting/no_think",
+    }

@@ -100,6 +100,20 @@ def test_gradient_accumulation_matches_a_bigger_batch(
         assert torch.allclose(p, q, atol=1e-5)
 
 
+def test_gradient_checkpointing_changes_memory_not_results(
+    tmp_path: Path, corpus_dir: Path, tokenizer_dir: Path
+) -> None:
+    plain = tiny_recipe(tmp_path, corpus_dir, tokenizer_dir, steps=2)
+    checkpointed = json.loads(json.dumps(plain))
+    checkpointed["train"]["gradient_checkpointing"] = True
+    a, b = make_trainer(plain, write=False), make_trainer(checkpointed, write=False)
+    assert b.model.config.gradient_checkpointing and not a.model.config.gradient_checkpointing
+    for _ in range(2):
+        assert a.train_step()[0] == pytest.approx(b.train_step()[0], abs=1e-6)
+    for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6)
+
+
 def test_lerac_rates_per_depth_in_the_loop(tmp_path: Path, corpus_dir: Path, tokenizer_dir: Path) -> None:
     recipe = tiny_recipe(
         tmp_path,
