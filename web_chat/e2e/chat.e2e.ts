@@ -326,6 +326,26 @@ describe("web chat in a browser", () => {
     await page.close();
   });
 
+  it("says so inline when the server cannot be reached, and the retry sends the message once", async () => {
+    const page = await openApp(FAST);
+    // the connection to the chat endpoint is refused, as when the server is down
+    await page.route("**/api/conversations/*/messages", (route) => route.abort("connectionrefused"));
+    await send(page, "Are you there?");
+    const error = page.getByTestId("turn-error");
+    await error.waitFor();
+    expect(await error.textContent()).toContain("Can't reach the server");
+    expect(await page.getByTestId("message-user").allTextContents()).toEqual(["Are you there?"]);
+
+    await page.unroute("**/api/conversations/*/messages");
+    await page.getByTestId("error-retry").click();
+    await waitForAnswers(page, 1);
+    expect(await page.getByTestId("message-user").allTextContents()).toEqual(["Are you there?"]);
+    const stored = await getConversation(conversationIdOf(page) ?? "");
+    expect(stored.messages.map((m) => m.role)).toEqual(["user", "assistant"]);
+    expect(stored.messages[0].content).toBe("Are you there?");
+    await page.close();
+  });
+
   it("regenerates the last answer and re-runs an edited message", async () => {
     const page = await openApp(FAST);
     await send(page, "First question");
@@ -354,10 +374,8 @@ describe("web chat in a browser", () => {
     await waitForAnswers(page, 1);
     expect(await page.getByTestId("message-user").allTextContents()).toEqual(["First question, edited"]);
     const edited = await getConversation(id);
-    expect(edited.messages.map((m) => [m.role, m.content.slice(0, 22)])).toEqual([
-      ["user", "First question, edited"],
-      ["assistant", edited.messages[1].content.slice(0, 22)],
-    ]);
+    expect(edited.messages.map((m) => m.role)).toEqual(["user", "assistant"]);
+    expect(edited.messages[0].content).toBe("First question, edited");
     await page.close();
   });
 

@@ -61,7 +61,8 @@ export function describeErrorBody(body: unknown): string | null {
   return null;
 }
 
-async function errorFromResponse(res: Response): Promise<ApiError> {
+/** The error a failed response stands for, with a message fit to show inline. */
+export async function errorFromResponse(res: Response): Promise<ApiError> {
   let detail: string | null = null;
   try {
     detail = describeErrorBody(await res.json());

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { describeErrorBody } from "@/lib/api";
+import { describeErrorBody, errorFromResponse } from "@/lib/api";
 import { DEFAULT_SETTINGS, generationSettings, normalizeSettings } from "@/lib/settings";
 
 describe("normalizeSettings", () => {
@@ -56,5 +56,36 @@ describe("describeErrorBody", () => {
     expect(describeErrorBody({ detail: "conversation not found" })).toBe("conversation not found");
     expect(describeErrorBody({ error: "x" })).toBeNull();
     expect(describeErrorBody("text")).toBeNull();
+  });
+});
+
+describe("errorFromResponse", () => {
+  const json = (status: number, body: unknown, headers: Record<string, string> = {}) =>
+    new Response(JSON.stringify(body), { status, headers: { "Content-Type": "application/json", ...headers } });
+
+  it("says the server is busy and for how long (429 Retry-After)", async () => {
+    const err = await errorFromResponse(json(429, { detail: "queue full" }, { "Retry-After": "3" }));
+    expect([err.kind, err.status, err.retryAfterS, err.message]).toEqual([
+      "busy",
+      429,
+      3,
+      "The server is busy. Try again in 3 s.",
+    ]);
+    const noHeader = await errorFromResponse(json(429, {}));
+    expect(noHeader.message).toBe("The server is busy. Try again in a moment.");
+  });
+
+  it("names the field of a validation error and keeps the server's words otherwise", async () => {
+    const invalid = await errorFromResponse(json(422, { detail: [{ loc: ["body", "top_p"], msg: "must be > 0" }] }));
+    expect([invalid.kind, invalid.message]).toEqual(["validation", "top_p: must be > 0"]);
+    const missing = await errorFromResponse(json(404, { detail: "conversation abc not found" }));
+    expect([missing.kind, missing.message]).toEqual(["not_found", "conversation abc not found"]);
+    const refused = await errorFromResponse(json(401, { detail: "missing API key" }));
+    expect(refused.kind).toBe("auth");
+  });
+
+  it("copes with a body that is not JSON", async () => {
+    const err = await errorFromResponse(new Response("<html>Bad Gateway</html>", { status: 502 }));
+    expect([err.kind, err.message]).toEqual(["server", "The server failed (502)."]);
   });
 });
