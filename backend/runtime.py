@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import anyio
 import torch
 
 from backend.engine import Engine, EngineBusy
@@ -212,6 +213,18 @@ class Generation:
         if not self.finished:
             self._handle.cancel()
 
+    async def cancel_on(self, event: anyio.Event) -> None:
+        """Cancel when `event` is set (the server is shutting down); the stream then ends with its Done."""
+        await event.wait()
+        self.cancel()
+
+    def _end(self, outcome: str) -> None:
+        """Count the outcome and give the admission slot back, once."""
+        if not self.finished:
+            self.finished = True
+            self._runtime._release()
+            self._runtime.metrics.generations.labels(outcome=outcome).inc()
+
     async def events(self) -> AsyncIterator[Event]:
         """The engine's events up to Done or Failed. A consumer that stops early cancels the generation."""
         metrics = self._runtime.metrics
@@ -232,15 +245,15 @@ class Generation:
                     metrics.tokens.inc(event.usage.get("completion_tokens", 0))
                 elif isinstance(event, Failed):
                     outcome = "failed"
+                if outcome is not None:
+                    self._end(outcome)  # before the consumer sees the last event, so it may stop there
                 yield event
                 if outcome is not None:
                     break
         finally:
             if outcome is None:
                 self._handle.cancel()
-            self.finished = True
-            self._runtime._release()
-            metrics.generations.labels(outcome=outcome or "abandoned").inc()
+                self._end("abandoned")
 
 
 def describe_model(model: Any, path: Path, weights_hash: str) -> ModelInfo:

@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import anyio
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette import ServerSentEvent
@@ -99,12 +100,15 @@ class Turn:
         self.ended = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
-    async def stream(self) -> AsyncIterator[ServerSentEvent]:
-        """The SSE body: meta, thinking*, token*, then done or error. Leaving early cancels the generation."""
+    async def stream(self, shutdown: anyio.Event) -> AsyncIterator[ServerSentEvent]:
+        """The SSE body: meta, thinking*, token*, then done or error. Leaving early cancels the generation;
+        so does `shutdown`, after which the stream still ends properly with its done event."""
+        watcher = asyncio.create_task(self.generation.cancel_on(shutdown))
         try:
             while (event := await self._events.get()) is not None:
                 yield event
         finally:
+            watcher.cancel()
             if not self.ended.is_set():
                 self.generation.cancel()
 

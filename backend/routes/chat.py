@@ -7,11 +7,13 @@ ordinary JSON error responses with their 4xx status instead.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Body, Depends
 from sqlalchemy.orm import Session, sessionmaker
-from sse_starlette import EventSourceResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from backend import store
@@ -24,12 +26,26 @@ router = APIRouter(prefix="/api/conversations", tags=["chat"])
 
 # Proxies (nginx and friends) must pass each event on as it comes, not collect the response first.
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# When the server stops, running answers are cancelled and get this long to send their last events.
+SHUTDOWN_GRACE_S = 5.0
 
 TurnsDep = Annotated[Turns, Depends(get_turns)]
 
 
+def sse_response(events: Callable[[anyio.Event], AsyncIterator[ServerSentEvent]]) -> EventSourceResponse:
+    """An SSE response whose body gets the server's shutdown event, to end cleanly instead of being cut."""
+    shutdown = anyio.Event()
+    return EventSourceResponse(
+        events(shutdown),
+        headers=SSE_HEADERS,
+        ping=15,
+        shutdown_event=shutdown,
+        shutdown_grace_period=SHUTDOWN_GRACE_S,
+    )
+
+
 def event_stream(turn: Turn) -> EventSourceResponse:
-    return EventSourceResponse(turn.stream(), headers=SSE_HEADERS, ping=15)
+    return sse_response(turn.stream)
 
 
 @router.post("/{conversation_id}/messages", response_class=EventSourceResponse)

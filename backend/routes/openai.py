@@ -8,19 +8,22 @@ extra_body.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from backend.errors import APIError, Unprocessable, error_body
-from backend.routes.chat import SSE_HEADERS
+from backend.routes.chat import sse_response
 from backend.routes.deps import get_runtime
 from backend.runtime import Generation, ModelInfo, Runtime
 from backend.turns import DEFAULT_SETTINGS, check_max_tokens, sampling_params
@@ -151,7 +154,7 @@ async def chat_completions(
     completion = Completion(info)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return EventSourceResponse(completion.stream(generation, include_usage), headers=SSE_HEADERS, ping=15)
+        return sse_response(partial(completion.stream, generation, include_usage))
     return await completion.collect(generation)
 
 
@@ -189,23 +192,32 @@ class Completion:
                 }
         raise GenerationFailed("the engine ended the generation without finishing it")
 
-    async def stream(self, generation: Generation, include_usage: bool) -> AsyncIterator[ServerSentEvent]:
+    async def stream(
+        self, generation: Generation, include_usage: bool, shutdown: anyio.Event
+    ) -> AsyncIterator[ServerSentEvent]:
+        """Chunks, then `[DONE]`. A client that leaves, or the server stopping, cancels the generation."""
         extra = {"usage": None} if include_usage else {}
-        yield self._chunk({"role": "assistant", "content": ""}, None, extra)
-        async for event in generation.events():
-            if isinstance(event, ThinkingDelta):
-                yield self._chunk({"reasoning_content": event.text}, None, extra)
-            elif isinstance(event, TokenDelta):
-                yield self._chunk({"content": event.text}, None, extra)
-            elif isinstance(event, Failed):
-                yield ServerSentEvent(data=json.dumps(error_body(event.message, "server_error")))
-                return
-            elif isinstance(event, Done):
-                yield self._chunk({}, FINISH_REASONS[event.finish_reason], extra)
-                if include_usage:
-                    chunk = {**self._head("chat.completion.chunk"), "choices": [], "usage": usage(event)}
-                    yield ServerSentEvent(data=json.dumps(chunk))
-        yield ServerSentEvent(data="[DONE]")
+        watcher = asyncio.create_task(generation.cancel_on(shutdown))
+        events = generation.events()
+        try:
+            yield self._chunk({"role": "assistant", "content": ""}, None, extra)
+            async for event in events:
+                if isinstance(event, ThinkingDelta):
+                    yield self._chunk({"reasoning_content": event.text}, None, extra)
+                elif isinstance(event, TokenDelta):
+                    yield self._chunk({"content": event.text}, None, extra)
+                elif isinstance(event, Failed):
+                    yield ServerSentEvent(data=json.dumps(error_body(event.message, "server_error")))
+                    return
+                elif isinstance(event, Done):
+                    yield self._chunk({}, FINISH_REASONS[event.finish_reason], extra)
+                    if include_usage:
+                        chunk = {**self._head("chat.completion.chunk"), "choices": [], "usage": usage(event)}
+                        yield ServerSentEvent(data=json.dumps(chunk))
+            yield ServerSentEvent(data="[DONE]")
+        finally:
+            watcher.cancel()
+            await events.aclose()  # a client that left mid-stream: cancel now, not when this is collected
 
     def _head(self, kind: str) -> dict[str, Any]:
         return {
