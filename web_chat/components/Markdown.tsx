@@ -33,7 +33,7 @@ function CodeBlock({ node, children }: { node?: HastNode; children?: ReactNode }
   const language = languageOf(code);
   const text = textOf(code).replace(/\n$/, "");
   return (
-    <div className="not-prose overflow-hidden rounded-xl border border-line bg-code" data-testid="code-block">
+    <div className="overflow-hidden rounded-xl border border-line bg-code" data-testid="code-block">
       <div className="flex items-center justify-between bg-code-head px-3 py-1.5 text-xs text-fg-soft">
         <span className="font-mono">{language ?? "text"}</span>
         <CopyButton text={text} label="Copy code" showLabel testId="copy-code" className="px-1.5 py-0.5" />

@@ -263,6 +263,17 @@ describe("web chat in a browser", () => {
     await waitForAnswers(page, 2);
     const id = conversationIdOf(page);
 
+    // moving between conversations shows each one's own messages, the one created here included
+    await page.locator(`[data-testid="conversation-item"][data-id="${firstId}"]`).click();
+    await expect.poll(() => page.getByTestId("message-user").first().textContent()).toBe("Tell me about a small robot");
+    await page.locator(`[data-testid="conversation-item"][data-id="${id}"]`).click();
+    await expect
+      .poll(() => page.getByTestId("message-user").allTextContents())
+      .toEqual(["Hello again", "What about pineapples?"]);
+    await page.goBack();
+    await expect.poll(() => conversationIdOf(page)).toBe(firstId);
+    await expect.poll(() => page.getByTestId("message-user").first().textContent()).toBe("Tell me about a small robot");
+
     await page.getByTestId("search-input").fill("pineapples");
     await expect
       .poll(async () =>

@@ -73,7 +73,10 @@ export function useChat({ conversationId, settings, onCreated, onTurnEnded }: Op
       dispatch({ type: "reset", conversationId: null });
       return;
     }
-    if (createdHere.current === conversationId) return;
+    if (createdHere.current === conversationId) {
+      createdHere.current = null; // shown once; opening it again later loads it like any other
+      return;
+    }
     let polls = 0;
     let timer: ReturnType<typeof setTimeout> | undefined;
     const poll = async (quiet: boolean) => {
