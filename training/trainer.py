@@ -333,8 +333,10 @@ class Trainer:
         return path
 
     def _request_stop(self, signum: int, frame: Any) -> None:
-        if self._stop_requested:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
+        if self._stop_requested:
+            if not self.dist.enabled:  # a second Ctrl-C stops at once
+                raise KeyboardInterrupt
+            return  # under torchrun the launcher forwards the signal again: keep going to the collective save
         self._stop_requested = True
         log.warning(
             "interrupt: finishing this step, then saving a resumable checkpoint (Ctrl-C again to abort)"
@@ -353,7 +355,9 @@ class Trainer:
         if self.metrics is not None:
             self.metrics.truncate_after(self.step)
         log.info(self.optimizer_note)
-        previous_handler = signal.signal(signal.SIGINT, self._request_stop)
+        previous_handlers = {
+            sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
         bar = tqdm(total=end, initial=self.step, disable=not self.dist.is_main, dynamic_ncols=True)
         try:
             while self.step < end:
@@ -387,7 +391,8 @@ class Trainer:
                     result.checkpoint = self.save()
         finally:
             bar.close()
-            signal.signal(signal.SIGINT, previous_handler)
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
         result.step = self.step
         if not self.write:
             result.validation = result.validation or self.validate()
