@@ -9,7 +9,7 @@ All in one run, on random weights (speed does not depend on what the weights say
   5. time to first token of the 10th turn of a conversation with state reuse / the 1st turn (target <= 1.5x),
      and against a full re-prefill of the same history.
 
-    python benchmarks/decode.py [--preset pocket] [--threads N] [--out benchmarks/results/decode.json]
+    python benchmarks/decode.py [--preset pocket] [--threads N] [--out artifacts/decode.json]
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5, help="repeats of each TTFT measurement (best)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/decode.json"))
+    parser.add_argument("--out", type=Path, default=Path("artifacts/decode.json"))
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
