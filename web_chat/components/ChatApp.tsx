@@ -6,7 +6,6 @@ import { useConversations } from "@/hooks/useConversations";
 import { useSettings } from "@/hooks/useSettings";
 import { api } from "@/lib/api";
 import type { ConversationSummary, Id, ModelInfo } from "@/lib/api-types";
-import { awaitingServer } from "@/lib/chat-state";
 import { generationSettings } from "@/lib/settings";
 import { readConversationId, writeConversationId } from "@/lib/url";
 import { Composer, type ComposerHandle } from "./Composer";
@@ -86,9 +85,11 @@ export function ChatApp() {
     return () => window.removeEventListener("popstate", onPop);
   }, []);
 
+  const serverBusy = chat.following && !state.streaming;
+
   // Esc stops an answer (and closes the drawer); dialogs handle their own Esc.
   const { stop } = chat;
-  const streaming = state.streaming;
+  const streaming = state.streaming || serverBusy;
   useEffect(() => {
     const onKey = (e: KeyboardEvent) => {
       if (e.key !== "Escape" || e.defaultPrevented || document.querySelector("dialog[open]")) return;
@@ -118,7 +119,6 @@ export function ChatApp() {
     composer.current?.focus();
   };
 
-  const serverBusy = !state.streaming && !state.loading && awaitingServer(state.messages) && !state.error;
   const showEmpty = urlReady && conversationId === null && state.messages.length === 0;
 
   return (
@@ -189,12 +189,12 @@ export function ChatApp() {
         <div className="mx-auto w-full max-w-3xl px-3 pb-3 sm:px-6">
           <Composer
             ref={composer}
-            streaming={state.streaming}
+            streaming={streaming}
             disabled={!settingsReady || state.loading || !!state.loadError}
             thinking={settings.thinking}
             onToggleThinking={() => update({ thinking: !settings.thinking })}
             onSend={(text) => {
-              if (state.streaming) return false;
+              if (streaming) return false;
               void chat.send(text);
             }}
             onStop={chat.stop}

@@ -66,7 +66,6 @@ export function MessageList({ messages, streaming, serverBusy, error, onRetry, o
 
   const last = messages[messages.length - 1];
   const lastAssistant = [...messages].reverse().find((m) => m.role === "assistant");
-  const waitingForStored = serverBusy && !streaming && last?.role === "user";
 
   return (
     <div className="relative min-h-0 flex-1">
@@ -94,12 +93,7 @@ export function MessageList({ messages, streaming, serverBusy, error, onRetry, o
               />
             ) : null,
           )}
-          {waitingForStored && (
-            <p className="np-pulse text-sm text-fg-soft" data-testid="server-pending">
-              The server is still answering…
-            </p>
-          )}
-          {serverBusy && last?.status === "streaming" && !streaming && (
+          {serverBusy && (
             <p className="text-sm text-fg-soft" data-testid="server-pending">
               Still being written on the server; this is what is stored so far.
             </p>

@@ -6,7 +6,7 @@
  * Markdown at screen rate, not once per token.
  */
 
-import { useCallback, useEffect, useReducer, useRef } from "react";
+import { useCallback, useEffect, useReducer, useRef, useState } from "react";
 import { api, ApiError } from "@/lib/api";
 import type { GenerationSettings, Id, StreamEvent } from "@/lib/api-types";
 import { awaitingServer, chatReducer, EMPTY_CHAT, type TurnKind } from "@/lib/chat-state";
@@ -42,10 +42,18 @@ function messageOf(err: unknown): string {
 
 export function useChat({ conversationId, settings, onCreated, onTurnEnded }: Options) {
   const [state, dispatch] = useReducer(chatReducer, { ...EMPTY_CHAT, conversationId });
+  /** Following an answer the server is writing for another connection (this page was reloaded mid-answer). */
+  const [following, setFollowing] = useState(false);
   const active = useRef<ActiveTurn | null>(null);
   const lastTurn = useRef<TurnKind | null>(null);
-  /** Conversation id the page shows; a turn whose conversation is no longer shown drains silently. */
+  /** The conversation the page shows. */
   const shown = useRef<Id | null>(conversationId);
+  /**
+   * Each opening of a conversation is a new view. A turn draws only into the view it started in: once the
+   * reader opens another conversation (or this one again, loaded fresh), its remaining events drain silently
+   * while the server finishes and stores the answer.
+   */
+  const view = useRef(0);
   const createdHere = useRef<Id | null>(null);
   const callbacks = useRef({ settings, onCreated, onTurnEnded });
   callbacks.current = { settings, onCreated, onTurnEnded };
@@ -69,35 +77,37 @@ export function useChat({ conversationId, settings, onCreated, onTurnEnded }: Op
   // Open the conversation named by the URL. A conversation this hook just created is already on screen.
   useEffect(() => {
     shown.current = conversationId;
-    if (conversationId === null) {
-      dispatch({ type: "reset", conversationId: null });
+    if (conversationId !== null && createdHere.current === conversationId) {
+      createdHere.current = null; // the same view goes on; opening it again later loads it like any other
       return;
     }
-    if (createdHere.current === conversationId) {
-      createdHere.current = null; // shown once; opening it again later loads it like any other
+    view.current++;
+    if (conversationId === null) {
+      dispatch({ type: "reset", conversationId: null });
       return;
     }
     let polls = 0;
     let timer: ReturnType<typeof setTimeout> | undefined;
     const poll = async (quiet: boolean) => {
       const conversation = await load(conversationId, quiet);
+      if (shown.current !== conversationId) return;
       // Reloaded mid-answer: show what is stored now and follow it until the server finishes.
-      if (
-        conversation &&
-        awaitingServer(conversation.messages) &&
-        ++polls < POLL_LIMIT &&
-        shown.current === conversationId
-      ) {
-        timer = setTimeout(() => void poll(true), POLL_MS);
-      }
+      const again = !!conversation && awaitingServer(conversation.messages) && ++polls < POLL_LIMIT;
+      setFollowing(again);
+      if (again) timer = setTimeout(() => void poll(true), POLL_MS);
     };
     void poll(false);
-    return () => clearTimeout(timer);
+    return () => {
+      clearTimeout(timer);
+      setFollowing(false);
+    };
   }, [conversationId, load]);
 
   const run = useCallback(async (turn: TurnKind) => {
     if (active.current && active.current.conversationId === shown.current) return;
     lastTurn.current = turn;
+    const myView = view.current;
+    const visible = () => view.current === myView;
     const now = new Date().toISOString();
     dispatch({ type: "turn_started", turn, userTempId: localId("u"), assistantTempId: localId("a"), at: now });
 
@@ -106,18 +116,19 @@ export function useChat({ conversationId, settings, onCreated, onTurnEnded }: Op
       try {
         id = (await api.createConversation()).id;
       } catch (err) {
-        dispatch({ type: "request_failed", message: messageOf(err) });
+        if (visible()) dispatch({ type: "request_failed", message: messageOf(err) });
         return;
       }
-      createdHere.current = id;
-      shown.current = id;
-      callbacks.current.onCreated(id, turn.kind === "send" ? turn.content : "");
+      if (visible()) {
+        createdHere.current = id;
+        shown.current = id;
+        callbacks.current.onCreated(id, turn.kind === "send" ? turn.content : "");
+      }
     }
     const conversationId = id;
     const controller = new AbortController();
     const turnState: ActiveTurn = { conversationId, controller, stopRequested: false };
     active.current = turnState;
-    const visible = () => shown.current === conversationId;
 
     let pending: { thinking: string; token: string } = { thinking: "", token: "" };
     let firstThinkingAt: number | null = null;
@@ -205,10 +216,17 @@ export function useChat({ conversationId, settings, onCreated, onTurnEnded }: Op
   const regenerate = useCallback(() => run({ kind: "regenerate" }), [run]);
   const edit = useCallback((messageId: Id, content: string) => run({ kind: "edit", messageId, content }), [run]);
 
-  /** Ask the server to stop (it stores the partial answer), then hang up if it does not end the stream soon. */
+  /**
+   * Ask the server to stop (it stores the partial answer), then hang up if it does not end the stream soon.
+   * An answer this page is not streaming (reopened while the server writes it) is stopped on the server alone.
+   */
   const stop = useCallback(() => {
     const turn = active.current;
-    if (!turn || turn.stopRequested) return;
+    if (!turn || turn.conversationId !== shown.current) {
+      if (shown.current !== null) api.stop(shown.current).catch(() => undefined);
+      return;
+    }
+    if (turn.stopRequested) return;
     turn.stopRequested = true;
     const hangUp = setTimeout(() => turn.controller.abort(), STOP_GRACE_MS);
     api.stop(turn.conversationId).catch(() => {
@@ -224,8 +242,7 @@ export function useChat({ conversationId, settings, onCreated, onTurnEnded }: Op
   const retry = useCallback(async () => {
     const turn = lastTurn.current;
     const id = shown.current;
-    if (!turn) return;
-    if (state.error?.stored || turn.kind === "regenerate") return run({ kind: "regenerate" });
+    if (!turn || state.error?.stored || turn.kind === "regenerate") return run({ kind: "regenerate" });
     if (id !== null && turn.kind === "send") {
       const conversation = await api.getConversation(id).catch(() => null);
       const last = conversation?.messages[conversation.messages.length - 1];
@@ -238,5 +255,5 @@ export function useChat({ conversationId, settings, onCreated, onTurnEnded }: Op
 
   const renamed = useCallback((title: string) => dispatch({ type: "renamed", title }), []);
 
-  return { state, send, regenerate, edit, stop, retry, renamed, reload: load };
+  return { state, following, send, regenerate, edit, stop, retry, renamed };
 }

@@ -121,15 +121,18 @@ export function chatReducer(state: ChatState, action: ChatAction): ChatState {
       return { ...EMPTY_CHAT, conversationId: action.conversationId };
     case "loading":
       return { ...EMPTY_CHAT, conversationId: action.conversationId, loading: true };
-    case "loaded":
+    case "loaded": {
+      const messages = action.conversation.messages;
       return {
         ...state,
         conversationId: action.conversation.id,
         title: action.conversation.title,
-        messages: action.conversation.messages,
+        messages,
         loading: false,
         loadError: null,
+        error: messages[messages.length - 1]?.role === "user" ? UNANSWERED : null,
       };
+    }
     case "load_failed":
       return { ...state, loading: false, loadError: action.message };
     case "renamed":
@@ -221,8 +224,11 @@ export function chatReducer(state: ChatState, action: ChatAction): ChatState {
   }
 }
 
-/** True while the server may still be writing this conversation (a reload mid-answer). */
+/** True while the server is still writing this conversation's last answer (the page was reloaded mid-answer). */
 export function awaitingServer(messages: Message[]): boolean {
   const last = messages[messages.length - 1];
-  return !!last && (last.status === "streaming" || last.role === "user");
+  return !!last && last.role === "assistant" && last.status === "streaming";
 }
+
+/** A stored conversation that ends with a question and no answer (the server failed before it could start one). */
+export const UNANSWERED: TurnError = { message: "This message has no answer. Retry to generate one.", stored: true };

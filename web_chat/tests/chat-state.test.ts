@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import type { Conversation, Message } from "@/lib/api-types";
-import { awaitingServer, chatReducer, EMPTY_CHAT, type ChatAction, type ChatState } from "@/lib/chat-state";
+import { awaitingServer, chatReducer, EMPTY_CHAT, UNANSWERED, type ChatAction, type ChatState } from "@/lib/chat-state";
 
 const T = "2025-01-01T00:00:00Z";
 
@@ -180,12 +180,24 @@ describe("chatReducer", () => {
 });
 
 describe("awaitingServer", () => {
-  it("is true when the stored conversation ends in a user message or an answer still streaming", () => {
+  it("is true only while the stored conversation ends in an answer the server is still writing", () => {
     expect(awaitingServer(conversation.messages)).toBe(false);
-    expect(awaitingServer(conversation.messages.slice(0, 3))).toBe(true);
+    expect(awaitingServer(conversation.messages.slice(0, 3))).toBe(false);
     expect(
       awaitingServer([...conversation.messages.slice(0, 3), stored("a", "assistant", "pa", { status: "streaming" })]),
     ).toBe(true);
     expect(awaitingServer([])).toBe(false);
+  });
+});
+
+describe("a loaded conversation", () => {
+  it("that ends in an unanswered message offers a retry that regenerates", () => {
+    const state = run(EMPTY_CHAT, {
+      type: "loaded",
+      conversation: { ...conversation, messages: conversation.messages.slice(0, 3) },
+    });
+    expect(state.error).toEqual(UNANSWERED);
+    expect(state.error?.stored).toBe(true);
+    expect(run(EMPTY_CHAT, { type: "loaded", conversation }).error).toBeNull();
   });
 });
