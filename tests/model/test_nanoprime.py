@@ -5,7 +5,8 @@ reassociation noise between the parallel and the cached code paths (attention ex
 recurrence) is ~1e-7, and once in a while it lands on a rounding boundary and moves one int8 code, shifting
 logits by ~1e-3. So (a) fp32 runs use plain linear layers or ternary weights without activation quantization
 (`bitnet.quantize_activations=False`: no input-side jumps) and must agree within 1e-4, and (b) the full
-BitNet model runs in float64, where the noise is far below any rounding boundary.
+BitNet model runs in float64, where the noise is far below any rounding boundary (see the test for the
+Mamba layers' fp32 state).
 """
 
 from __future__ import annotations
@@ -45,9 +46,14 @@ def test_full_forward_equals_prefill_then_steps(pattern, numerics, length, prefi
     assert state.lengths.tolist() == [length, length]
 
 
-@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize(
+    "pattern", [{"mamba.use_mamba2": True}, {"layer_pattern": ["mla"] * 4}], ids=["mamba2+mla", "mla-only"]
+)
 def test_full_bitnet_model_in_float64_equals_prefill_then_steps(pattern):
-    model = tiny_model(dtype=torch.float64, **PATTERNS[pattern])
+    """Mamba layers keep their SSM state in fp32 by contract, so their fp32 noise remains in a float64 run:
+    for Mamba-2 it stays ~1e-8 (no jump crossed in 50 seeds tried); Mamba v1's scan is noisier and crossed
+    one in 12 seeds, so v1 is covered by the fp32 ternary-weights tests above instead."""
+    model = tiny_model(dtype=torch.float64, **pattern)
     ids = random_ids(2, 37, seed=1)
     got, _ = run_in_pieces(model, ids, [16] + [1] * 21)
     assert max_diff(full_logits(model, ids), got) <= TOL
