@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 NonBlank = Annotated[str, StringConstraints(min_length=1)]
+# The largest count a request may give: anything beyond fits no database integer column or tensor index.
+MAX_COUNT = 2**31 - 1
 
 
 class Request(BaseModel):
@@ -28,14 +30,14 @@ class GenerationSettings(Request):
 
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    top_k: int | None = Field(default=None, ge=0)
+    top_k: int | None = Field(default=None, ge=0, le=MAX_COUNT)
     min_p: float | None = Field(default=None, ge=0, le=1)
     repetition_penalty: float | None = Field(default=None, gt=0)
     max_tokens: int | None = Field(default=None, ge=1)
     stop: list[NonBlank] | None = Field(default=None, max_length=8)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     thinking: bool | None = None
-    thinking_budget: int | None = Field(default=None, ge=0)
+    thinking_budget: int | None = Field(default=None, ge=0, le=MAX_COUNT)
     ignore_eos: bool | None = Field(default=None, description="keep generating past the end of the turn")
 
     def given(self) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from backend.export import to_markdown
 from backend.routes.deps import get_runtime, get_sessions, get_settings, get_turns
 from backend.runtime import Runtime
 from backend.schemas import (
+    MAX_COUNT,
     ConversationCreate,
     ConversationDetail,
     ConversationPage,
@@ -50,7 +51,7 @@ def list_conversations(
     sessions: Sessions,
     q: Annotated[str | None, Query(max_length=200, description="search titles and message text")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 30,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_COUNT)] = 0,
 ) -> ConversationPage:
     query = q.strip() if q else None
     with session_scope(sessions) as session:

@@ -26,6 +26,7 @@ from backend.errors import APIError, Unprocessable, error_body
 from backend.routes.chat import sse_response
 from backend.routes.deps import get_runtime
 from backend.runtime import Generation, ModelInfo, Runtime
+from backend.schemas import MAX_COUNT
 from backend.turns import DEFAULT_SETTINGS, check_max_tokens, sampling_params
 from model.generation import Done, Failed, ThinkingDelta, TokenDelta
 
@@ -70,11 +71,11 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1, description="only one choice per request is supported")
-    top_k: int | None = Field(default=None, ge=0)
+    top_k: int | None = Field(default=None, ge=0, le=MAX_COUNT)
     min_p: float | None = Field(default=None, ge=0, le=1)
     repetition_penalty: float | None = Field(default=None, gt=0)
     thinking: bool | None = None
-    thinking_budget: int | None = Field(default=None, ge=0)
+    thinking_budget: int | None = Field(default=None, ge=0, le=MAX_COUNT)
     ignore_eos: bool | None = None
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
 

@@ -100,6 +100,7 @@ def test_export_as_json_and_markdown(client: TestClient):
         (b'{"settings": {"temperature": "hot"}}', 422, "settings.temperature"),
         (b'{"settings": {"max_tokens": 100000}}', 422, "max_tokens"),
         (b'{"settings": {"stop": [""]}}', 422, "settings.stop[0]"),
+        (b'{"settings": {"top_k": 100000000000000000000}}', 422, "settings.top_k"),
     ],
 )
 def test_bad_conversation_bodies_get_a_4xx_naming_the_field(client: TestClient, body, status, field):
@@ -111,7 +112,9 @@ def test_bad_conversation_bodies_get_a_4xx_naming_the_field(client: TestClient, 
 
 
 def test_bad_queries_and_patches_name_the_field(client: TestClient):
-    for params, field in [({"limit": 0}, "limit"), ({"limit": "many"}, "limit"), ({"offset": -1}, "offset")]:
+    cases = [({"limit": 0}, "limit"), ({"limit": "many"}, "limit"), ({"offset": -1}, "offset")]
+    cases.append(({"offset": 10**20}, "offset"))  # found by the fuzz test: it overflowed SQLite's integers
+    for params, field in cases:
         response = client.get("/api/conversations", params=params)
         assert response.status_code == 422 and error_of(response)[1] == field
     conversation = client.post("/api/conversations", json={}).json()
