@@ -95,7 +95,7 @@ export function MessageList({ messages, streaming, serverBusy, error, onRetry, o
           )}
           {serverBusy && (
             <p className="text-sm text-fg-soft" data-testid="server-pending">
-              Still being written on the server; this is what is stored so far.
+              The server is still writing this answer; it shows here once it is stored.
             </p>
           )}
           {error && (
