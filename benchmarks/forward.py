@@ -3,8 +3,9 @@
 Three models see the same token batches: NanoPrime in training form (BitLinear fake-quantizes its latent
 weights on every call), NanoPrime in serving form (packed ternary weights, as loaded from a model directory),
 and ReferenceTransformer (full-precision MHA + SwiGLU, same width, depth, vocabulary and feed-forward width).
-Each is timed over the same number of forwards after a warm-up, under torch.no_grad. The machine is shared,
-so the same-run ratio is the figure to read, not the absolute tokens/s.
+After a warm-up the models take turns on each batch (under torch.no_grad) and the median time per forward
+counts, so load from other processes on a shared machine hits all three alike; read the same-run ratio
+rather than the absolute tokens/s.
 
 Run: .venv/bin/python benchmarks/forward.py [--batch 4] [--length 256] [--repeats 5]
 """
@@ -12,6 +13,7 @@ Run: .venv/bin/python benchmarks/forward.py [--batch 4] [--length 256] [--repeat
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -23,14 +25,18 @@ from model.nanoprime import NanoPrime
 from model.reference_transformer import ReferenceConfig, ReferenceTransformer
 
 
-def tokens_per_second(model: nn.Module, batches: list[torch.Tensor]) -> float:
+def median_tokens_per_second(models: list[nn.Module], batches: list[torch.Tensor]) -> list[float]:
+    """Round-robin over the models batch by batch, so load from other processes hits all of them alike."""
+    seconds: list[list[float]] = [[] for _ in models]
     with torch.no_grad():
-        model(batches[0])  # warm-up
-        start = time.perf_counter()
+        for model in models:
+            model(batches[0])  # warm-up
         for ids in batches:
-            model(ids)
-        elapsed = time.perf_counter() - start
-    return sum(ids.numel() for ids in batches) / elapsed
+            for i, model in enumerate(models):
+                start = time.perf_counter()
+                model(ids)
+                seconds[i].append(time.perf_counter() - start)
+    return [batches[0].numel() / statistics.median(times) for times in seconds]
 
 
 def serving_form(model: NanoPrime) -> NanoPrime:
@@ -50,34 +56,24 @@ def main() -> None:
 
     config = preset("pocket")
     torch.manual_seed(0)
-    nanoprime = NanoPrime(config).eval()
-    reference = ReferenceTransformer(ReferenceConfig.matching(config)).eval()
+    models = {
+        "reference transformer (fp32 MHA)": ReferenceTransformer(ReferenceConfig.matching(config)).eval(),
+        "NanoPrime, training form": NanoPrime(config).eval(),
+        "NanoPrime, serving form (packed)": serving_form(NanoPrime(config).eval()),
+    }
     generator = torch.Generator().manual_seed(0)
     batches = [
         torch.randint(0, config.vocab_size, (args.batch, args.length), generator=generator)
         for _ in range(args.repeats)
     ]
-
     print(
-        f"pocket preset, batch {args.batch} x {args.length} tokens, {args.repeats} forwards each, "
+        f"pocket preset, batch {args.batch} x {args.length} tokens, median of {args.repeats} forwards, "
         f"{torch.get_num_threads()} threads"
     )
-    rows = [
-        (
-            "reference transformer (fp32 MHA)",
-            reference.num_parameters(),
-            tokens_per_second(reference, batches),
-        ),
-        ("NanoPrime, training form", nanoprime.num_parameters(), tokens_per_second(nanoprime, batches)),
-    ]
-    packed = serving_form(nanoprime)
-    rows.append(
-        ("NanoPrime, serving form (packed)", packed.num_parameters(), tokens_per_second(packed, batches))
-    )
-    baseline = rows[0][2]
+    speeds = median_tokens_per_second(list(models.values()), batches)
     print(f"{'model':<34} {'params':>12} {'tokens/s':>10} {'vs reference':>13}")
-    for name, params, speed in rows:
-        print(f"{name:<34} {params:>12,} {speed:>10,.0f} {speed / baseline:>12.2f}x")
+    for (name, model), speed in zip(models.items(), speeds, strict=True):
+        print(f"{name:<34} {model.num_parameters():>12,} {speed:>10,.0f} {speed / speeds[0]:>12.2f}x")
 
 
 if __name__ == "__main__":
