@@ -168,6 +168,12 @@ export function Sidebar({
     return () => clearTimeout(timer);
   }, [search, setQuery]);
 
+  // The drawer (narrow screens) takes the focus when it opens, so keyboard and screen-reader users land in it.
+  const closeButton = useRef<HTMLButtonElement>(null);
+  useEffect(() => {
+    if (open) closeButton.current?.focus();
+  }, [open]);
+
   const groups = useMemo(() => groupConversations(conversations.items, new Date()), [conversations.items]);
   const searching = conversations.query !== "";
 
@@ -187,6 +193,7 @@ export function Sidebar({
             <span>NanoPrime</span>
           </div>
           <button
+            ref={closeButton}
             type="button"
             aria-label="Close sidebar"
             onClick={onClose}
