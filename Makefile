@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-run: setup
+run: setup web-build
 	$(VENV)/bin/nanoprime serve
 
 lint: setup
@@ -29,6 +29,10 @@ test: setup
 bench: setup
 	$(PY) benchmarks/cache.py
 	$(PY) benchmarks/forward.py
+	$(PY) benchmarks/decode.py
+	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/train_compare.py
+	$(PY) benchmarks/server_load.py
 
 # The web chat (web_chat/): `npm ci` once per lock file, the static export the backend serves at /,
 # vitest unit tests, and browser tests (chromium against the real backend with a tiny model).
