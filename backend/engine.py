@@ -82,9 +82,15 @@ class RequestHandle:
         for wake in wakeups:
             wake()
 
-    def _next_nowait(self) -> Event | None:
-        with self._cond:
-            return self._events.popleft() if self._events else None
+    def _take(self) -> Event | None:
+        """The next event, or None. The final event stays, so a new iterator (after an interrupted one) ends
+        with it too."""
+        if not self._events:
+            return None
+        event = self._events[0]
+        if not isinstance(event, Done | Failed):
+            self._events.popleft()
+        return event
 
     def __iter__(self) -> Iterator[Event]:
         done = False
@@ -93,7 +99,7 @@ class RequestHandle:
                 with self._cond:
                     while not self._events:
                         self._cond.wait()
-                    event = self._events.popleft()
+                    event = self._take()
                 done = isinstance(event, Done | Failed)
                 yield event
         finally:
@@ -113,7 +119,8 @@ class RequestHandle:
         try:
             while not done:
                 ready.clear()
-                event = self._next_nowait()
+                with self._cond:
+                    event = self._take()
                 if event is None:
                     await ready.wait()
                     continue

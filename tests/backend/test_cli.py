@@ -23,6 +23,9 @@ class Terminal:
     def __init__(self, argv: list[str]) -> None:
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: becomes the program, with the pty as its controlling terminal
+            # Start as from a shell: Ctrl-C deliverable even if something in this test process ignores it.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
             os.execve(argv[0], argv, ENV)
         self.output = ""
 

@@ -155,6 +155,13 @@ def test_a_cancelled_request_frees_its_slot_and_the_others_continue_unchanged(ma
     assert engine.stats()["active"] == 0 and engine.stats()["free_slots"] == 2
 
 
+def test_a_finished_handle_iterated_again_ends_with_its_final_event(make_engine):
+    engine = make_engine()
+    handle = engine.submit(chat(PROMPTS[0]), greedy(6))
+    first = list(handle)
+    assert list(handle) == [first[-1]] and isinstance(first[-1], Done)
+
+
 def test_cancel_while_queued_ends_without_running(make_engine):
     engine = make_engine(start=False)
     handle = engine.submit(chat("ciao"), greedy())
