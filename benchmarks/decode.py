@@ -228,7 +228,7 @@ def main() -> None:
     parser.add_argument("--preset", default="pocket")
     parser.add_argument("--contexts", type=int, nargs="+", default=[128, 2048, 4096])
     parser.add_argument("--steps", type=int, default=48, help="decode steps timed per context")
-    parser.add_argument("--engine-tokens", type=int, default=128, help="tokens per request in the engine runs")
+    parser.add_argument("--engine-tokens", type=int, default=128, help="tokens per engine request")
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5, help="repeats of each TTFT measurement (best)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
