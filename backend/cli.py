@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -103,7 +104,13 @@ def start_engine(args: argparse.Namespace, max_batch_size: int, max_queue: int) 
         raise CliError(f"cannot load the model in {args.model}: {error}") from error
     torch.set_grad_enabled(False)
     engine = Engine(model, tokenizer, max_batch_size=max_batch_size, max_queue=max_queue)
-    engine.start()
+    # Threads inherit the signal mask: started with SIGINT blocked, the worker (and the threads it spawns)
+    # never takes a Ctrl-C that the main thread, waiting in input() or on the stream, must see.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        engine.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     return engine
 
 

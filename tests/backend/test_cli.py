@@ -90,6 +90,9 @@ def test_chat_answers_takes_commands_and_exits_on_exit(tiny_model_dir):
 def test_ctrl_c_stops_the_answer_not_the_program_and_eof_exits(tiny_model_dir):
     term = chat(tiny_model_dir, "--ignore-eos", "--max-new-tokens", "1500")
     term.expect("> ")
+    # input() writes the prompt before it blocks in read(); a signal landing in between waits for the next
+    # line (CPython's race, microseconds wide for a person), so give it time to reach read() first.
+    time.sleep(0.5)
     term.send("\x03")  # Ctrl-C at the prompt: a fresh prompt
     term.expect("> ")
     term.send("Raccontami una storia lunga\r")
