@@ -110,6 +110,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from model.checkpoint import load_model_dir
+    from training.config import generator_options, load_recipe
     from training.evaluate import perplexity, task_accuracy
     from training.generators import build_generator
 
@@ -127,11 +128,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"{args.text}: loss {report['text']['loss']:.4f}, perplexity {report['text']['perplexity']:.2f}"
         )
     tasks = [t for t in args.tasks.split(",") if t]
+    recipe_options = generator_options(load_recipe(args.recipe)) if args.recipe else {}
     report["tasks"] = {}
     for name in tasks:
-        options = {"paths": [args.stories]} if name == "stories" else {}
-        if name == "stories" and not args.stories:
-            raise ValueError("the stories task needs --stories FILE (the story corpus)")
+        options = dict(recipe_options.get(name, {}))
+        if name == "stories":
+            if args.stories:
+                options["paths"] = [args.stories]
+            elif "paths" not in options:
+                raise ValueError("the stories task needs --stories FILE (the story corpus) or a --recipe")
         generator = build_generator(name, options)
         for thinking in (True, False):
             score = task_accuracy(
@@ -178,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-tokens", type=int, default=0, help="score at most this many tokens of --text")
     ev.add_argument("--tasks", default="arithmetic,counting", help="comma-separated generators (or '')")
     ev.add_argument("--stories", help="story corpus for the stories task")
+    ev.add_argument(
+        "--recipe", help="recipe TOML whose generator options (digits, ops, ...) define the held-out tasks"
+    )
     ev.add_argument("--n", type=int, default=50, help="tasks per generator and thinking mode")
     ev.add_argument("--max-new-tokens", type=int, default=256)
     ev.add_argument("--seed", type=int, default=0)

@@ -151,6 +151,18 @@ def load_recipe(path: str | Path | None, overrides: dict[str, str] | None = None
     return recipe_from_dict(data, overrides)
 
 
+def generator_options(recipe: Recipe) -> dict[str, dict[str, Any]]:
+    """Options of each generator the recipe trains on (its first source using it), by generator name.
+
+    Evaluation samples its held-out tasks with these, so it measures the distribution the model was taught.
+    """
+    options: dict[str, dict[str, Any]] = {}
+    for source in recipe.data.sources.values():
+        if source.get("type") == "generator":
+            options.setdefault(str(source["generator"]), dict(source.get("options", {})))
+    return options
+
+
 def recipe_from_dict(data: dict[str, Any], overrides: dict[str, str] | None = None) -> Recipe:
     data = _deep_copy(data)
     for dotted, text in (overrides or {}).items():

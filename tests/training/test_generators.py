@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from training.config import generator_options, load_recipe
 from training.generators import build_generator
 from training.generators.arithmetic import ArithmeticGenerator
 from training.generators.base import Task, integers, last_integer
@@ -113,3 +114,14 @@ def test_build_generator_refuses_unknown_names_and_options(corpus_dir: Path) -> 
     with pytest.raises(ValueError, match="needs 'paths'"):
         build_generator("stories")
     assert build_generator("stories", {"paths": [corpus_dir / "stories.txt"], "n_words": 2}).n_words == 2
+
+
+def test_evaluation_samples_the_recipes_generator_options() -> None:
+    """`eval --recipe` draws held-out tasks from the distribution the shipped recipe trains on."""
+    recipe = load_recipe(Path(__file__).parents[2] / "training/recipes/default.toml")
+    options = generator_options(recipe)
+    assert options["arithmetic"] == {"max_digits": 3, "ops": ["+", "-"]}
+    generator = build_generator("arithmetic", options["arithmetic"])
+    tasks = [generator.sample(random.Random(k)) for k in range(300)]
+    assert {task.kind for task in tasks} == {"+", "-"}
+    assert max(abs(int(n)) for task in tasks for n in re.findall(r"-?\d+", task.prompt)) <= 999

@@ -196,7 +196,7 @@ def test_tokenizer_and_export_commands(tmp_path: Path, corpus_dir: Path, tokeniz
     completed = run_cli(
         "eval", str(tmp_path / "exported"), "--text", str(corpus_dir / "stories.txt"), "--max-tokens", "100",
         "--seq-len", "32", "--tasks", "arithmetic,counting", "--n", "2", "--max-new-tokens", "4",
-        "--json", str(report),
+        "--recipe", str(Path(__file__).parents[2] / "training/recipes/default.toml"), "--json", str(report),
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert (
