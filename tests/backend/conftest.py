@@ -117,8 +117,9 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-def serving_settings(model_dir: Path, database_url: str, **overrides) -> Settings:
-    values = {
+def serving_values(model_dir: Path, database_url: str) -> dict[str, object]:
+    """The test servers' settings: the given model and database, no web UI, small limits."""
+    return {
         "model_dir": model_dir,
         "database_url": database_url,
         "web_dir": model_dir / "no-web-ui",
@@ -126,7 +127,16 @@ def serving_settings(model_dir: Path, database_url: str, **overrides) -> Setting
         "max_queue": 32,
         "default_max_new_tokens": 32,
     }
-    return Settings(**{**values, **overrides})
+
+
+def serving_settings(model_dir: Path, database_url: str, **overrides) -> Settings:
+    return Settings(**{**serving_values(model_dir, database_url), **overrides})
+
+
+def serving_env(model_dir: Path, database_url: str, **overrides: object) -> dict[str, str]:
+    """The same settings as environment variables, for a server started as its own process."""
+    values = {**serving_values(model_dir, database_url), **overrides}
+    return {f"NANOPRIME_{name.upper()}": str(value) for name, value in values.items()}
 
 
 @pytest.fixture(scope="session")

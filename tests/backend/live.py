@@ -1,18 +1,27 @@
-"""A real uvicorn server on a free loopback port, in a thread of the test process, and an SSE reader.
+"""A real uvicorn server on a free loopback port (in a thread of the test process, or as its own process),
+and an SSE reader.
 
-Streaming is tested over real sockets: that is where buffering, disconnects and concurrency show. The reader
-parses the event stream the way a browser's EventSource does (lines, `event:`/`data:` fields, blank line ends
-an event, `:` comments ignored), whatever line endings the server uses.
+Streaming is tested over real sockets: that is where buffering, disconnects and concurrency show. The server
+runs as a process (`python -m backend.server`, configured by environment as in production) where a test kills
+it, reads its memory or its logs. The reader parses the event stream the way a browser's EventSource does
+(lines, `event:`/`data:` fields, blank line ends an event, `:` comments ignored), whatever line endings the
+server uses.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -59,6 +68,81 @@ class LiveServer:
         return self.app.state.runtime
 
     def __enter__(self) -> LiveServer:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+class ServerProcess:
+    """`python -m backend.server` with NANOPRIME_* settings from `env`, one torch thread, output in `log`."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "NANOPRIME_HOST": "127.0.0.1",
+            "NANOPRIME_API_KEY": "",
+            **env,
+            "NANOPRIME_PORT": str(self.port),
+        }
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 90) -> ServerProcess:
+        """Start the process and wait until /health answers 200."""
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "backend.server"], env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.output()}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
+                    return self
+            time.sleep(0.1)
+        raise RuntimeError(f"the server was not healthy within {timeout:.0f} s:\n{self.output()}")
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server process now (VmRSS in /proc/<pid>/status)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS line")
+
+    def signal(self, number: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(number)
+
+    def wait(self, timeout: float = 30) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        """SIGTERM (a graceful stop), then SIGKILL if it is still there after 30 s."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def output(self) -> str:
+        """Everything the server wrote to stdout and stderr so far."""
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, *_exc: object) -> None:

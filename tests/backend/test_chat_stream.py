@@ -3,11 +3,7 @@ disconnect, regenerate, edit, concurrency, limits, and the operations routes des
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,8 +16,8 @@ from backend.db import create_db_engine
 from backend.runtime import LOADING, READY
 from model.checkpoint import weights_sha256
 from model.config import NanoPrimeConfig
-from tests.backend.conftest import serving_settings
-from tests.backend.live import LiveServer, SSEEvent, free_port, iter_sse, stream_events
+from tests.backend.conftest import serving_env, serving_settings
+from tests.backend.live import LiveServer, ServerProcess, SSEEvent, iter_sse, stream_events
 
 # An answer that runs for seconds unless stopped, so a test can stop it, disconnect or fill the queue first.
 LONG = {"max_tokens": 1500, "ignore_eos": True, "thinking": False}
@@ -369,42 +365,21 @@ def test_turns_run_on_postgresql(tiny_model_dir: Path, postgres_url: str, one_to
 def test_a_server_stopping_mid_answer_ends_the_stream_cleanly_and_keeps_the_answer(
     tiny_model_dir: Path, tmp_path: Path
 ):
-    port = free_port()
-    env = {
-        **os.environ,
-        "NANOPRIME_MODEL_DIR": str(tiny_model_dir),
-        "NANOPRIME_DATABASE_URL": f"sqlite:///{tmp_path / 'stop.db'}",
-        "NANOPRIME_PORT": str(port),
-        "NANOPRIME_WEB_DIR": str(tmp_path / "no-ui"),
-        "OMP_NUM_THREADS": "1",
-    }
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "backend.server"], env=env, stdout=log, stderr=log)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            time.sleep(0.1)
-        with httpx.Client(base_url=url, timeout=60) as client:
-            conversation_id = new_conversation(client)
-            events = []
-            with client.stream(
-                "POST", f"/api/conversations/{conversation_id}/messages", json={"content": "x", **LONG}
-            ) as r:
-                for event in iter_sse(r.iter_lines()):
-                    events.append(event)
-                    if len(events) == 5:
-                        server.send_signal(signal.SIGTERM)
+    database_url = f"sqlite:///{tmp_path / 'stop.db'}"
+    server = ServerProcess(serving_env(tiny_model_dir, database_url), tmp_path / "server.log")
+    with server, httpx.Client(base_url=server.url, timeout=60) as client:
+        conversation_id = new_conversation(client)
+        events = []
+        with client.stream(
+            "POST", f"/api/conversations/{conversation_id}/messages", json={"content": "x", **LONG}
+        ) as response:
+            for event in iter_sse(response.iter_lines()):
+                events.append(event)
+                if len(events) == 5:
+                    server.signal(signal.SIGTERM)
         assert events[-1].event == "done" and events[-1].json()["status"] == "stopped"
         assert server.wait(timeout=30) in (0, -signal.SIGTERM)
-    finally:
-        if server.poll() is None:
-            server.kill()
-        log.close()
-    engine = create_db_engine(env["NANOPRIME_DATABASE_URL"])
+    engine = create_db_engine(database_url)
     with engine.connect() as connection:
         rows = connection.execute(text("SELECT role, status, content FROM messages ORDER BY position")).all()
     engine.dispose()
