@@ -2,17 +2,27 @@
 
 The body is `{"detail": message, "error": {"message", "type", "param", "code"}}`: `detail` is what FastAPI
 clients read, `error` is what OpenAI clients read, and `param` names the offending field so a client (or a
-person) can tell what to fix. Validation errors from FastAPI are rewritten into the same shape.
+person) can tell what to fix. Validation errors from FastAPI are rewritten into the same shape, and so are
+database outages: a database that cannot be reached (or has no free connection) is a 503 the client may retry,
+not a server error.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sql_errors
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("nanoprime.errors")
+
+DATABASE_RETRY_AFTER_S = 5
+# Raised when the database is down, unreachable, restarting, or out of pooled connections.
+DATABASE_UNAVAILABLE = (sql_errors.OperationalError, sql_errors.InterfaceError, sql_errors.TimeoutError)
 
 
 class APIError(Exception):
@@ -115,7 +125,29 @@ async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONR
     return error_response(error.status_code, str(error.detail), kind, param, getattr(error, "headers", None))
 
 
+def database_problem(error: Exception) -> str:
+    """The driver's one-line reason (SQLAlchemy's own text adds the statement and its parameters)."""
+    reason = getattr(error, "orig", None) or error
+    return f"{type(reason).__name__}: {reason}".splitlines()[0]
+
+
+def database_unavailable() -> Unavailable:
+    return Unavailable(
+        "the database is unavailable right now; the request was not carried out, retry shortly",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+    )
+
+
+async def _database_unavailable(request: Request, error: Exception) -> JSONResponse:
+    log.warning(
+        "database unavailable for %s %s: %s", request.method, request.url.path, database_problem(error)
+    )
+    return await _api_error(request, database_unavailable())
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    for kind in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(kind, _database_unavailable)

@@ -4,7 +4,8 @@
 to a task that runs it to the end and stores the answer however it ends. The SSE response only subscribes to
 the turn's events: a client that disconnects cancels the generation (the engine drops it at its next step) and
 the task still stores the partial answer, as "stopped". A crash before the end leaves the placeholder in
-"streaming", which the next start marks "interrupted".
+"streaming", which the next start marks "interrupted"; a database that is down when the answer ends gets it
+stored when it is back.
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ from starlette.concurrency import run_in_threadpool
 
 from backend import orm, store
 from backend.db import session_scope
-from backend.errors import Conflict, Unprocessable
+from backend.errors import (
+    DATABASE_UNAVAILABLE,
+    Conflict,
+    Unprocessable,
+    database_problem,
+    database_unavailable,
+)
 from backend.runtime import Generation, Runtime
 from backend.schemas import TurnRequest
 from model.generation import Done, Failed, SamplingParams, ThinkingDelta, TokenDelta
@@ -46,6 +53,9 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "ignore_eos": False,
 }
 SHUTDOWN_GRACE_S = 10.0
+# While the database is down, a finished answer is stored again after these waits (doubling up to the max).
+STORE_RETRY_FIRST_S = 0.25
+STORE_RETRY_MAX_S = 4.0
 
 Begin = Callable[[Session, store.Plan], store.TurnRows]
 
@@ -152,8 +162,17 @@ class Turn:
             failure = "the engine ended the generation without finishing it"
         thinking_ms = thinking_s * 1000 if thinking else None
         outcome = self._outcome(answer, thinking, done, failure, thinking_ms)
+        database_down = False
         try:
             await run_in_threadpool(self._store_now, outcome)
+        except DATABASE_UNAVAILABLE as error:
+            log.warning(
+                "answer %s not stored yet, the database is unavailable (%s); retrying",
+                self.rows.assistant_message_id,
+                database_problem(error),
+            )
+            database_down = True
+            failure = "the answer is not saved yet: the database is unavailable (it is saved when it is back)"
         except Exception as error:
             log.exception("could not store answer %s", self.rows.assistant_message_id)
             failure = f"the answer could not be saved: {type(error).__name__}: {error}"
@@ -170,7 +189,24 @@ class Turn:
             self._events.put_nowait(sse("error", {"message": failure}))
         self.ended.set()
         self._events.put_nowait(None)
+        if database_down:
+            await self._store_when_the_database_is_back(outcome)
         self._turns.forget(self)
+
+    async def _store_when_the_database_is_back(self, outcome: dict[str, Any]) -> None:
+        """Retry storing the answer until it is stored, so the placeholder does not stay "streaming" (which
+        would refuse every later turn of the conversation). The turn stays running meanwhile; if the server
+        stops first, the next start marks the answer interrupted."""
+        delay = STORE_RETRY_FIRST_S
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await run_in_threadpool(self._store_now, outcome)
+            except DATABASE_UNAVAILABLE:
+                delay = min(delay * 2, STORE_RETRY_MAX_S)
+                continue
+            log.info("answer %s stored now that the database is back", self.rows.assistant_message_id)
+            return
 
     def _outcome(
         self,
@@ -215,7 +251,10 @@ class Turns:
         """Write the turn's rows, submit it, and run it in a task. Raises an APIError (nothing written) when
         the conversation is busy or unknown, the settings or prompt are unusable, or the queue is full."""
         info = self.runtime.require_ready()
-        if conversation_id in self._running or conversation_id in self._starting:
+        running = self._running.get(conversation_id)
+        if running is not None and running.ended.is_set():  # its answer waits for the database to be stored
+            raise database_unavailable()
+        if running is not None or conversation_id in self._starting:
             raise Conflict(
                 "conversation_id: an answer is already being generated in this conversation",
                 "conversation_id",

@@ -2,7 +2,8 @@
 
 PostgreSQL is the server at 127.0.0.1:5432 (trust auth, user postgres or root). If it is installed but
 stopped, it is started; if it is not installed the Postgres tests skip with the reason, unless
-NANOPRIME_REQUIRE_POSTGRES=1 (CI), where a skip would hide a broken setup and becomes a failure.
+NANOPRIME_REQUIRE_POSTGRES=1 (CI), where a skip would hide a broken setup and becomes a failure. A test that
+stops the database gets a private PostgreSQL server instead (`private_postgres`), under the same rule.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from sqlalchemy import Engine, text
 from backend.db import create_db_engine, migrate
 from backend.settings import Settings
 from tests.backend.live import LiveServer
+from tests.backend.private_postgres import BINARIES as BINARIES_ROOT
+from tests.backend.private_postgres import PrivatePostgres, find_binaries, service_user
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 PG_CONFIG_DIR = Path("/etc/postgresql")
@@ -78,6 +81,22 @@ def postgres_url() -> Iterator[str]:
             yield f"postgresql://{user}@{PG_HOST}:{PG_PORT}/{name}"
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A running PostgreSQL server of this test's own (it may stop it), removed afterwards."""
+    binaries, user = find_binaries(), service_user()
+    if binaries is None:
+        _unavailable(f"no PostgreSQL server binaries (initdb, pg_ctl) under {BINARIES_ROOT}")
+    if user is None:
+        _unavailable("running as root and there is no postgres user to run a private PostgreSQL server")
+    server = PrivatePostgres(binaries, user)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
 
 
 @pytest.fixture
