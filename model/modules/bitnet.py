@@ -13,7 +13,8 @@ computation.
 
 Serving packs the ternary values 2 bits each (four per byte along the input dimension, value + 1 in {0, 1, 2})
 with one fp32 scale per matrix. A layer restored from its packed form holds the dequantized weight
-`t * s`, the very tensor the training path multiplies with, so both give the same output.
+`t * s`, the very tensor the training path multiplies with, and quantizes its input with the same arithmetic
+in fewer ops, so both give the same output bit for bit.
 """
 
 from __future__ import annotations
@@ -133,11 +134,28 @@ class BitLinear(nn.Module):
         return straight_through(values * scale.to(values.dtype), self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.is_packed:
+            return F.linear(self._serving_input(x), self.weight, self.bias)
         if self.input_norm:
             x = rms_norm(x, self.eps)
         if self.quantize_activations:
             x = straight_through(quantize_activations(x, self.eps), x)
         return F.linear(x, self.quantized_weight(), self.bias)
+
+    def _serving_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the training path hands to F.linear, bit for bit, in fewer ops (decoding runs this per token).
+
+        Three things of the training path have no effect on the value and are left out: the straight-through
+        terms add an exact zero, the int8 clamp never binds (|x| * 127 / max|x| stays below 127.5 after
+        rounding), and the clamped absmax is inverted as torch computes `127.0 / t`: t.reciprocal() * 127.
+        """
+        if self.input_norm:
+            x = rms_norm(x, self.eps)
+        if not self.quantize_activations:
+            return x
+        xf = upcast(x)
+        scale = xf.abs().amax(dim=-1, keepdim=True).clamp_(min=self.eps).reciprocal_().mul_(127.0)
+        return (xf * scale).round_().div_(scale).to(x.dtype)
 
     # ---- serving form --------------------------------------------------------------------------------------
     def pack(self) -> PackedTernary:

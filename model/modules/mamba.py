@@ -118,19 +118,27 @@ def check_cache_call(
 
 
 def causal_conv(
-    x: torch.Tensor, conv: nn.Conv1d, window: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
+    x: torch.Tensor, conv: nn.Conv1d, window: torch.Tensor | None, new_lengths: torch.Tensor | None = None
+) -> torch.Tensor:
     """Depthwise causal conv of x (B, T, C) preceded by `window` (B, C, d_conv - 1), zeros when None.
 
-    Returns the conv output (B, T, C) and the padded input (B, C, d_conv - 1 + T) from which the next window
-    is taken.
+    A given window is moved on in place to the last d_conv - 1 real inputs of each row (`new_lengths` real
+    tokens, all T when None). A decoding step (a window and one token per row) is a multiply-and-sum over the
+    d_conv inputs, much cheaper than F.conv1d for a single position.
     """
     x = x.transpose(1, 2)
+    width = conv.kernel_size[0] - 1
     if window is None:
-        window = x.new_zeros(x.shape[0], x.shape[1], conv.kernel_size[0] - 1)
-    padded = torch.cat([window.to(x.dtype), x], dim=-1)
-    out = F.conv1d(padded, conv.weight, conv.bias, groups=conv.groups)
-    return out.transpose(1, 2), padded
+        padded = F.pad(x, (width, 0))
+    else:
+        padded = torch.cat([window.to(x.dtype), x], dim=-1)
+        window.copy_(next_conv_window(padded, new_lengths, width))
+    if window is not None and x.shape[-1] == 1:
+        out = (padded * conv.weight[:, 0]).sum(-1, keepdim=True)
+        out = out + conv.bias[:, None] if conv.bias is not None else out
+    else:
+        out = F.conv1d(padded, conv.weight, conv.bias, groups=conv.groups)
+    return out.transpose(1, 2)
 
 
 def next_conv_window(padded: torch.Tensor, new_lengths: torch.Tensor | None, width: int) -> torch.Tensor:
@@ -141,12 +149,8 @@ def next_conv_window(padded: torch.Tensor, new_lengths: torch.Tensor | None, wid
     return padded.gather(2, index[:, None, :].expand(-1, padded.shape[1], -1))
 
 
-def real_token_mask(
-    new_lengths: torch.Tensor | None, batch: int, length: int, device: torch.device
-) -> torch.Tensor:
+def real_token_mask(new_lengths: torch.Tensor, length: int, device: torch.device) -> torch.Tensor:
     """(B, T) float mask, 1 on real tokens and 0 on right padding; multiplying dt by it freezes the state."""
-    if new_lengths is None:
-        return torch.ones(batch, length, device=device)
     return (torch.arange(length, device=device)[None, :] < new_lengths.to(device)[:, None]).float()
 
 
@@ -252,8 +256,7 @@ class Mamba(nn.Module):
         batch, length, _ = x.shape
 
         xs, z = self.in_proj(x).chunk(2, dim=-1)
-        xs, padded = causal_conv(xs, self.conv1d, cache.conv if cache is not None else None)
-        xs = F.silu(xs)
+        xs = F.silu(causal_conv(xs, self.conv1d, cache.conv if cache is not None else None, new_lengths))
         dt, B, C = self.x_proj(xs).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.softplus(self.dt_proj(dt).float() + self.dt_bias.float())
         A = -torch.exp(self.A_log.float())
@@ -261,14 +264,14 @@ class Mamba(nn.Module):
         if cache is None:
             y, _ = selective_scan(xs, dt, A, B, C, self.chunk_size)
         else:
-            dt = dt * real_token_mask(new_lengths, batch, length, x.device)[..., None]
+            if new_lengths is not None:
+                dt = dt * real_token_mask(new_lengths, length, x.device)[..., None]
             if length == 1:
                 y, state = selective_step(cache.ssm, xs[:, 0], dt[:, 0], A, B[:, 0], C[:, 0])
                 y = y[:, None]
             else:
                 y, state = selective_scan(xs, dt, A, B, C, self.chunk_size, cache.ssm.float())
             cache.ssm.copy_(state)
-            cache.conv.copy_(next_conv_window(padded, new_lengths, self.d_conv - 1))
 
         y = y + xs.float() * self.D.float()
         y = y * F.silu(z.float())

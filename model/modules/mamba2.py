@@ -28,7 +28,6 @@ from model.modules.mamba import (
     check_cache_call,
     fp32_state_math,
     init_dt_bias,
-    next_conv_window,
     real_token_mask,
 )
 
@@ -202,7 +201,7 @@ class Mamba2(nn.Module):
         batch, length, _ = x.shape
 
         z, xbc, dt = self.in_proj(x).split([self.d_inner, self.conv_channels, self.n_heads], dim=-1)
-        xbc, padded = causal_conv(xbc, self.conv1d, cache.conv if cache is not None else None)
+        xbc = causal_conv(xbc, self.conv1d, cache.conv if cache is not None else None, new_lengths)
         xs, B, C = F.silu(xbc).split(
             [self.d_inner, self.n_groups * self.d_state, self.n_groups * self.d_state], -1
         )
@@ -215,14 +214,14 @@ class Mamba2(nn.Module):
         if cache is None:
             y, _ = ssd_chunk_scan(xs, dt, A, B, C, self.chunk_size)
         else:
-            dt = dt * real_token_mask(new_lengths, batch, length, x.device)[..., None]
+            if new_lengths is not None:
+                dt = dt * real_token_mask(new_lengths, length, x.device)[..., None]
             if length == 1:
                 y, state = ssd_step(cache.ssm, xs[:, 0], dt[:, 0], A, B[:, 0], C[:, 0])
                 y = y[:, None]
             else:
                 y, state = ssd_chunk_scan(xs, dt, A, B, C, self.chunk_size, cache.ssm)
             cache.ssm.copy_(state)
-            cache.conv.copy_(next_conv_window(padded, new_lengths, self.d_conv - 1))
 
         y = y + xs.float() * self.D.float()[:, None]
         y = self.norm(y.flatten(-2), z)

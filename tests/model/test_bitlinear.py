@@ -182,6 +182,28 @@ def test_packed_layer_equals_the_training_fake_quant(kwargs):
     assert torch.equal(repacked.data, packed.data) and torch.equal(repacked.scale, packed.scale)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"bias": True}, {"input_norm": False}, {"quantize_activations": False}]
+)
+def test_serving_form_is_bit_identical_to_the_fake_quant(dtype, kwargs):
+    """The serving form quantizes its input in fewer ops; the values must not move by even one rounding."""
+    layer = random_layer(in_features=96, out_features=40, **kwargs).to(dtype)
+    serving = BitLinear.from_packed(
+        layer.pack(),
+        bias=layer.bias.detach() if layer.bias is not None else None,
+        eps=layer.eps,
+        input_norm=layer.input_norm,
+        quantize_activations=layer.quantize_activations,
+    ).to(dtype)
+    generator = torch.Generator().manual_seed(1)
+    for scale in (1e-4, 1.0, 3e3):
+        x = (torch.randn(3, 5, 96, generator=generator) * scale).to(dtype)
+        x[0, 0] = 0.0  # an all-zero token: the absmax is clamped to eps
+        with torch.no_grad():
+            assert torch.equal(serving(x), layer(x))
+
+
 def test_load_packed_refuses_a_weight_of_another_shape():
     layer = random_layer(in_features=8, out_features=4)
     other = random_layer(in_features=12, out_features=4).pack()
