@@ -15,7 +15,9 @@ INTER_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 
 
 
 class Metrics:
-    def __init__(self, active: Callable[[], int], queued: Callable[[], int]) -> None:
+    def __init__(
+        self, active: Callable[[], int], queued: Callable[[], int], admitted: Callable[[], int]
+    ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "nanoprime_http_requests",
@@ -59,6 +61,14 @@ class Metrics:
             registry=self.registry,
         )
         queued_gauge.set_function(queued)
+        # Admission slots held: back to 0 whenever the server is idle (a slot never given back would make the
+        # server refuse work with 429 some day).
+        admitted_gauge = Gauge(
+            "nanoprime_generations_admitted",
+            "Generations accepted and not yet finished (queued, streaming, or being stored).",
+            registry=self.registry,
+        )
+        admitted_gauge.set_function(admitted)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

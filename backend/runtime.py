@@ -60,7 +60,9 @@ class Runtime:
         self._lock = threading.Lock()
         self._admitted = 0  # accepted and not yet finished
         self.metrics = Metrics(
-            active=lambda: self.engine_stat("active"), queued=lambda: self.engine_stat("queued")
+            active=lambda: self.engine_stat("active"),
+            queued=lambda: self.engine_stat("queued"),
+            admitted=lambda: self._admitted,
         )
 
     # ---- lifecycle -----------------------------------------------------------------------------------------

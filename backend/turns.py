@@ -84,8 +84,19 @@ def sampling_params(settings: dict[str, Any], seed: int) -> SamplingParams:
     )
 
 
+# Line breaks that JSON leaves unescaped. An SSE reader that splits lines the way str.splitlines does (httpx's
+# iter_lines, for one) would cut an event in two on them, and a random model does emit them; escaped, the JSON
+# value is the same and every reader sees one line.
+_UNICODE_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def sse_json(data: dict[str, Any]) -> str:
+    """Compact-enough JSON for an SSE data line: UTF-8 text as is, but no character any reader splits on."""
+    return json.dumps(data, ensure_ascii=False).translate(_UNICODE_LINE_BREAKS)
+
+
 def sse(name: str, data: dict[str, Any]) -> ServerSentEvent:
-    return ServerSentEvent(event=name, data=json.dumps(data, ensure_ascii=False))
+    return ServerSentEvent(event=name, data=sse_json(data))
 
 
 class Turn:

@@ -27,7 +27,7 @@ from backend.routes.chat import sse_response
 from backend.routes.deps import get_runtime
 from backend.runtime import Generation, ModelInfo, Runtime
 from backend.schemas import MAX_COUNT
-from backend.turns import DEFAULT_SETTINGS, check_max_tokens, sampling_params
+from backend.turns import DEFAULT_SETTINGS, check_max_tokens, sampling_params, sse_json
 from model.generation import Done, Failed, ThinkingDelta, TokenDelta
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -234,7 +234,7 @@ class Completion:
     ) -> ServerSentEvent:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         chunk = {**self._head("chat.completion.chunk"), "choices": [choice], **extra}
-        return ServerSentEvent(data=json.dumps(chunk, ensure_ascii=False))
+        return ServerSentEvent(data=sse_json(chunk))
 
 
 class GenerationFailed(APIError):

@@ -159,7 +159,7 @@ class SSEEvent:
 
 
 def iter_sse(lines: Iterator[str]) -> Iterator[SSEEvent]:
-    """Events from the lines of an event stream (httpx's iter_lines splits on \\r\\n, \\n and \\r)."""
+    """Events from the lines of an event stream (httpx's iter_lines splits like str.splitlines)."""
     name, data = "", []
     for line in lines:
         if line == "":

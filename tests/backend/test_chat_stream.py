@@ -3,6 +3,7 @@ disconnect, regenerate, edit, concurrency, limits, and the operations routes des
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,7 @@ from sqlalchemy import text
 
 from backend.db import create_db_engine
 from backend.runtime import LOADING, READY
+from backend.turns import sse_json
 from model.checkpoint import weights_sha256
 from model.config import NanoPrimeConfig
 from tests.backend.conftest import serving_env, serving_settings
@@ -385,3 +387,10 @@ def test_a_server_stopping_mid_answer_ends_the_stream_cleanly_and_keeps_the_answ
     engine.dispose()
     assert [(role, status) for role, status, _ in rows] == [("user", "complete"), ("assistant", "stopped")]
     assert rows[1][2] == texts(events)[1]
+
+
+def test_event_data_is_one_line_for_every_reader_whatever_the_text():
+    text = "a\u2028b\u2029c\x85d\ne\rf\x0bg\x1ch — più 🎉"
+    data = sse_json({"delta": text})
+    assert len(data.splitlines()) == 1  # neither SSE's own line breaks nor str.splitlines' split it
+    assert json.loads(data) == {"delta": text}
