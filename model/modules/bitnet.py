@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import NanoPrimeConfig
-from model.modules.norm import rms_norm, upcast
+from model.modules.norm import cast, rms_norm, upcast
 
 INIT_STD = 0.02
 _SHIFTS = (0, 2, 4, 6)
@@ -155,7 +155,7 @@ class BitLinear(nn.Module):
             return x
         xf = upcast(x)
         scale = xf.abs().amax(dim=-1, keepdim=True).clamp_(min=self.eps).reciprocal_().mul_(127.0)
-        return (xf * scale).round_().div_(scale).to(x.dtype)
+        return cast((xf * scale).round_().div_(scale), x.dtype)
 
     # ---- serving form --------------------------------------------------------------------------------------
     def pack(self) -> PackedTernary:

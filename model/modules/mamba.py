@@ -26,6 +26,7 @@ from torch import nn
 
 from model.config import NanoPrimeConfig
 from model.modules.bitnet import make_linear
+from model.modules.norm import cast
 from model.modules.pscan import linear_scan
 
 
@@ -154,13 +155,21 @@ def real_token_mask(new_lengths: torch.Tensor, length: int, device: torch.device
     return (torch.arange(length, device=device)[None, :] < new_lengths.to(device)[:, None]).float()
 
 
+def fp32(x: torch.Tensor) -> torch.Tensor:
+    """x.float(): the state math's precision, whatever the activations' (fp64 included)."""
+    return cast(x, torch.float32)
+
+
 def fp32_state_math(fn: Callable) -> Callable:
     """Run fn with autocast off on its tensors' device: inside a bf16 autocast region the scan's einsums would
     otherwise drop to bf16, and the recurrent state must stay fp32."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with torch.autocast(args[0].device.type, enabled=False):
+        device_type = args[0].device.type
+        if not torch.is_autocast_enabled(device_type):
+            return fn(*args, **kwargs)  # nothing to turn off (serving): spare the context on every step
+        with torch.autocast(device_type, enabled=False):
             return fn(*args, **kwargs)
 
     return wrapper
@@ -195,12 +204,9 @@ def selective_step(
     state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One recurrent step in fp32: state (b, D, N), x and dt (b, D), B and C (b, N) -> (y (b, D), state)."""
-    dt = dt.float()
-    state = (
-        torch.exp(dt[..., None] * A.float()) * state.float()
-        + (dt * x.float())[..., None] * B.float()[:, None]
-    )
-    y = torch.einsum("bdn,bn->bd", state, C.float())
+    dt = fp32(dt)
+    state = torch.exp(dt[..., None] * fp32(A)) * fp32(state) + (dt * fp32(x))[..., None] * fp32(B)[:, None]
+    y = (state @ fp32(C).unsqueeze(-1)).squeeze(-1)  # C_t . h_t per channel
     return y, state
 
 
@@ -258,8 +264,8 @@ class Mamba(nn.Module):
         xs, z = self.in_proj(x).chunk(2, dim=-1)
         xs = F.silu(causal_conv(xs, self.conv1d, cache.conv if cache is not None else None, new_lengths))
         dt, B, C = self.x_proj(xs).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.softplus(self.dt_proj(dt).float() + self.dt_bias.float())
-        A = -torch.exp(self.A_log.float())
+        dt = F.softplus(fp32(self.dt_proj(dt)) + fp32(self.dt_bias))
+        A = -torch.exp(fp32(self.A_log))
 
         if cache is None:
             y, _ = selective_scan(xs, dt, A, B, C, self.chunk_size)
@@ -273,6 +279,6 @@ class Mamba(nn.Module):
                 y, state = selective_scan(xs, dt, A, B, C, self.chunk_size, cache.ssm.float())
             cache.ssm.copy_(state)
 
-        y = y + xs.float() * self.D.float()
-        y = y * F.silu(z.float())
-        return self.out_proj(y.to(x.dtype))
+        y = y + fp32(xs) * fp32(self.D)
+        y = y * F.silu(fp32(z))
+        return self.out_proj(cast(y, x.dtype))

@@ -26,10 +26,12 @@ from model.modules.mamba import (
     MambaCache,
     causal_conv,
     check_cache_call,
+    fp32,
     fp32_state_math,
     init_dt_bias,
     real_token_mask,
 )
+from model.modules.norm import cast
 
 
 @dataclass
@@ -122,12 +124,13 @@ def ssd_step(
     Returns (y (b, H, P), new state), without the D skip.
     """
     heads, groups = x.shape[1], B.shape[1]
-    B = B.float().repeat_interleave(heads // groups, dim=1)
-    C = C.float().repeat_interleave(heads // groups, dim=1)
-    dt = dt.float()
-    decay = torch.exp(dt * A.float())[..., None, None]
-    state = decay * state.float() + (dt[..., None] * x.float())[..., None] * B[:, :, None, :]
-    y = torch.einsum("bhpn,bhn->bhp", state, C)
+    B, C = fp32(B), fp32(C)
+    if groups > 1:  # head h reads group h // (H // G); a single group broadcasts over the heads as it is
+        B, C = B.repeat_interleave(heads // groups, dim=1), C.repeat_interleave(heads // groups, dim=1)
+    dt = fp32(dt)
+    decay = torch.exp(dt * fp32(A))[..., None, None]
+    state = decay * fp32(state) + (dt[..., None] * fp32(x))[..., None] * B[:, :, None, :]
+    y = (state @ C.unsqueeze(-1)).squeeze(-1)  # C_t . h_t for every head and channel
     return y, state
 
 
@@ -141,10 +144,10 @@ class GatedRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        y = y.float() * F.silu(z.float())
+        y = fp32(y) * F.silu(fp32(z))
         grouped = y.unflatten(-1, (-1, self.group_size))
         grouped = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.eps)
-        return grouped.flatten(-2) * self.weight.float()
+        return grouped.flatten(-2) * fp32(self.weight)
 
 
 class Mamba2(nn.Module):
@@ -208,8 +211,8 @@ class Mamba2(nn.Module):
         xs = xs.unflatten(-1, (self.n_heads, self.head_dim))
         B = B.unflatten(-1, (self.n_groups, self.d_state))
         C = C.unflatten(-1, (self.n_groups, self.d_state))
-        dt = F.softplus(dt.float() + self.dt_bias.float())
-        A = -torch.exp(self.A_log.float())
+        dt = F.softplus(fp32(dt) + fp32(self.dt_bias))
+        A = -torch.exp(fp32(self.A_log))
 
         if cache is None:
             y, _ = ssd_chunk_scan(xs, dt, A, B, C, self.chunk_size)
@@ -223,6 +226,6 @@ class Mamba2(nn.Module):
                 y, state = ssd_chunk_scan(xs, dt, A, B, C, self.chunk_size, cache.ssm)
             cache.ssm.copy_(state)
 
-        y = y + xs.float() * self.D.float()[:, None]
+        y = y + fp32(xs) * fp32(self.D)[:, None]
         y = self.norm(y.flatten(-2), z)
-        return self.out_proj(y.to(x.dtype))
+        return self.out_proj(cast(y, x.dtype))

@@ -28,7 +28,7 @@ from torch import nn
 
 from model.config import NanoPrimeConfig
 from model.modules.bitnet import effective_weight, make_linear
-from model.modules.norm import RMSNorm
+from model.modules.norm import RMSNorm, cast
 from model.modules.rope import RotaryEmbedding, apply_rope
 
 
@@ -51,10 +51,14 @@ class MLACache:
         self.latent = _grow(self.latent, capacity)
         self.k_rope = _grow(self.k_rope, capacity)
 
-    def write(self, latent: torch.Tensor, k_rope: torch.Tensor, past_lengths: torch.Tensor) -> None:
-        """Store the T new tokens of each row at slots past_lengths[b] .. past_lengths[b] + T - 1."""
+    def write(self, latent: torch.Tensor, k_rope: torch.Tensor, past_lengths: torch.Tensor) -> int:
+        """Store the T new tokens of each row at slots past_lengths[b] .. past_lengths[b] + T - 1.
+
+        Returns the slots in use by the longest row, max(past_lengths) + T.
+        """
         batch, steps, _ = latent.shape
-        self.reserve(int(past_lengths.max()) + steps)
+        used = int(past_lengths.max()) + steps
+        self.reserve(used)
         slots = (past_lengths.unsqueeze(1) + torch.arange(steps, device=latent.device)).unsqueeze(-1)
         self.latent.scatter_(
             1, slots.expand(batch, steps, self.latent.shape[-1]), latent.to(self.latent.dtype)
@@ -62,6 +66,7 @@ class MLACache:
         self.k_rope.scatter_(
             1, slots.expand(batch, steps, self.k_rope.shape[-1]), k_rope.to(self.k_rope.dtype)
         )
+        return used
 
     def nbytes(self, lengths: torch.Tensor) -> int:
         per_token = (self.latent.shape[-1] * self.latent.element_size()) + (
@@ -166,8 +171,8 @@ class MLA(nn.Module):
             positions = past_lengths.unsqueeze(1) + offsets  # (B, T)
             cos, sin = self.rotary(positions)
             q_rope = apply_rope(q_rope, cos.unsqueeze(2), sin.unsqueeze(2))
-            cache.write(latent, apply_rope(k_rope, cos, sin), past_lengths)
-            out = self._attend_absorbed(q_nope, q_rope, cache, positions)
+            keys = cache.write(latent, apply_rope(k_rope, cos, sin), past_lengths)
+            out = self._attend_absorbed(q_nope, q_rope, cache, positions, keys)
         return self.o_proj(out)
 
     def _queries(self, x: torch.Tensor) -> torch.Tensor:
@@ -190,25 +195,25 @@ class MLA(nn.Module):
         return out.transpose(1, 2).reshape(batch, steps, heads * self.v_dim)
 
     def _attend_absorbed(
-        self, q_nope: torch.Tensor, q_rope: torch.Tensor, cache: MLACache, positions: torch.Tensor
+        self, q_nope: torch.Tensor, q_rope: torch.Tensor, cache: MLACache, positions: torch.Tensor, keys: int
     ) -> torch.Tensor:
-        """Cached form: attention in latent space, each (token, head) query a row against the shared cache."""
+        """Cached form: attention in latent space, each (token, head) query a row against the first `keys`
+        slots of the shared cache."""
         batch, steps, heads, _ = q_nope.shape
         w_kv_b = effective_weight(self.kv_b).view(heads, self.nope_dim + self.v_dim, self.kv_lora_rank)
         w_uk, w_uv = w_kv_b.split((self.nope_dim, self.v_dim), dim=1)
-        q_latent = torch.einsum("bthn,hnc->bthc", q_nope, w_uk.to(q_nope.dtype))
+        q_latent = torch.einsum("bthn,hnc->bthc", q_nope, cast(w_uk, q_nope.dtype))
         query = torch.cat((q_latent, q_rope), dim=-1).reshape(batch, 1, steps * heads, -1)
 
-        keys_needed = int(positions.max()) + 1
-        latent = cache.latent[:, :keys_needed].to(q_nope.dtype)
-        key = torch.cat((latent, cache.k_rope[:, :keys_needed].to(q_nope.dtype)), dim=-1).unsqueeze(1)
-        visible = torch.arange(keys_needed, device=positions.device) <= positions.unsqueeze(-1)  # (B, T, L)
-        mask = (
-            visible.unsqueeze(2).expand(batch, steps, heads, keys_needed).reshape(batch, 1, steps * heads, -1)
-        )
+        latent = cast(cache.latent[:, :keys], q_nope.dtype)
+        key = torch.cat((latent, cast(cache.k_rope[:, :keys], q_nope.dtype)), dim=-1).unsqueeze(1)
+        mask = None  # one token of one row sits at the last key and sees them all
+        if batch > 1 or steps > 1:
+            visible = torch.arange(keys, device=positions.device) <= positions.unsqueeze(-1)  # (B, T, L)
+            mask = visible.unsqueeze(2).expand(batch, steps, heads, keys).reshape(batch, 1, steps * heads, -1)
         out_latent = F.scaled_dot_product_attention(
             query, key, latent.unsqueeze(1), attn_mask=mask, scale=self.scale
         )
         out_latent = out_latent.view(batch, steps, heads, self.kv_lora_rank)
-        out = torch.einsum("bthc,hvc->bthv", out_latent, w_uv.to(out_latent.dtype))
+        out = torch.einsum("bthc,hvc->bthv", out_latent, cast(w_uv, out_latent.dtype))
         return out.reshape(batch, steps, heads * self.v_dim)

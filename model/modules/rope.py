@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from model.modules.norm import upcast
+from model.modules.norm import cast, upcast
 
 
 class RotaryEmbedding(nn.Module):
@@ -35,4 +35,4 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     xf = upcast(x)
     half = xf.shape[-1] // 2
     rotated = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)
-    return (xf * cos + rotated * sin).to(x.dtype)
+    return cast(xf * cos + rotated * sin, x.dtype)
