@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from backend import store
 from backend.db import create_db_engine, create_session_factory, migrate, session_scope
-from backend.errors import install_error_handlers
+from backend.errors import ERROR_RESPONSES, install_error_handlers
 from backend.middleware import ApiKey, BodyLimit, RequestMetrics
 from backend.routes import chat, conversations, openai, ops
 from backend.runtime import Runtime
@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Chat with a pocket-size hybrid language model: native SSE API and OpenAI-compatible API.",
         version="0.1.0",
         lifespan=lifespan,
+        responses=ERROR_RESPONSES,
     )
     app.state.settings = settings
     app.state.db_engine = db_engine

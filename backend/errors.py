@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy import exc as sql_errors
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -64,6 +65,28 @@ class Busy(APIError):
 class Unavailable(APIError):
     status_code = 503
     error_type = "service_unavailable"
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(BaseModel):
+    """Every error response's body, as documented in the OpenAPI schema."""
+
+    detail: str
+    error: ErrorDetail
+
+
+# For FastAPI(responses=...): every route may answer a 4xx or a 503 in this shape (documenting "4XX" also
+# replaces FastAPI's default 422 schema, which is not the shape this API sends).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorBody, "description": "The request cannot be carried out as sent"},
+    503: {"model": ErrorBody, "description": "The model is loading or the database is unavailable"},
+}
 
 
 def error_body(message: str, error_type: str, param: str | None = None) -> dict[str, Any]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from backend.db import ping
@@ -18,7 +19,21 @@ router = APIRouter(tags=["ops"])
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-@router.get("/health")
+class Health(BaseModel):
+    status: Literal["ok", "loading", "unavailable"]
+    model: str
+    database: str
+    model_name: str | None
+    message: str
+
+
+HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": Health, "description": "Ready"},
+    503: {"model": Health, "description": "Not ready (model loading or failed, database down)"},
+}
+
+
+@router.get("/health", response_model=Health, responses=HEALTH_RESPONSES)
 async def health(request: Request, runtime: RuntimeDep) -> JSONResponse:
     """200 when the model is loaded and the database answers; 503 with the reason otherwise."""
     db_error = await run_in_threadpool(ping, request.app.state.db_engine)
@@ -48,7 +63,7 @@ async def health(request: Request, runtime: RuntimeDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if not problems else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 def metrics(runtime: RuntimeDep) -> Response:
     return Response(runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
