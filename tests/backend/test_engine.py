@@ -33,13 +33,26 @@ def model_and_tokenizer(tiny_model_dir):
     return load_model_dir(tiny_model_dir)
 
 
+@pytest.fixture(scope="module")
+def float64_model(tiny_model_dir):
+    """The tiny model in float64, for the kept state vs full prefill equalities.
+
+    A follow-up served from a kept state prefills the history in pieces, a full prefill in one go. In fp32 the
+    two differ by rounding, which BitNet's 8-bit activation rounding can turn into another greedy token on a
+    random model, whose logits are nearly flat (top-two gaps near 1e-3). In float64 that rounding stays far
+    below a quantization step (as in tests/model), so the tokens must agree exactly.
+    """
+    model, _ = load_model_dir(tiny_model_dir)
+    return model.double()
+
+
 @pytest.fixture
 def make_engine(model_and_tokenizer):
     engines: list[Engine] = []
 
-    def make(start: bool = True, **kwargs) -> Engine:
-        model, tokenizer = model_and_tokenizer
-        engine = Engine(model, tokenizer, **kwargs)
+    def make(start: bool = True, model: torch.nn.Module | None = None, **kwargs) -> Engine:
+        model = model if model is not None else model_and_tokenizer[0]
+        engine = Engine(model, model_and_tokenizer[1], **kwargs)
         if start:
             engine.start()
         engines.append(engine)
@@ -221,11 +234,11 @@ def test_bad_requests_fail_at_submit(make_engine):
 
 @pytest.mark.parametrize("keep_thinking", [False, True], ids=["server-history", "cli-history"])
 def test_a_follow_up_turn_from_a_kept_state_equals_a_full_prefill(
-    make_engine, model_and_tokenizer, keep_thinking
+    make_engine, model_and_tokenizer, float64_model, keep_thinking
 ):
     _, tokenizer = model_and_tokenizer
-    engine = make_engine()
-    fresh = make_engine(state_cache_bytes=0)
+    engine = make_engine(model=float64_model)
+    fresh = make_engine(model=float64_model, state_cache_bytes=0)
     history = chat(PROMPTS[1])
     for turn, question in enumerate(["E poi? 🎉", "Grazie, più tardi.", "Ok!"]):
         reused_before = engine.states.reused_tokens
@@ -245,9 +258,11 @@ def test_a_follow_up_turn_from_a_kept_state_equals_a_full_prefill(
     assert engine.states.hits == 2 and fresh.states.hits == 0
 
 
-def test_an_edited_answer_in_the_history_reuses_the_prompt_state(make_engine, model_and_tokenizer):
+def test_an_edited_answer_in_the_history_reuses_the_prompt_state(
+    make_engine, model_and_tokenizer, float64_model
+):
     _, tokenizer = model_and_tokenizer
-    engine = make_engine()
+    engine = make_engine(model=float64_model)
     first = chat(PROMPTS[0])
     collect(engine.submit(first, greedy(12)))
     assert engine.wait_idle(timeout=30)
@@ -256,7 +271,7 @@ def test_an_edited_answer_in_the_history_reuses_the_prompt_state(make_engine, mo
     handle = engine.submit(history, greedy(12))
     collect(handle)
     assert engine.states.reused_tokens - reused_before == len(tokenizer.encode_chat(first))
-    full = make_engine(state_cache_bytes=0).submit(history, greedy(12))
+    full = make_engine(model=float64_model, state_cache_bytes=0).submit(history, greedy(12))
     collect(full)
     assert handle.output_ids == full.output_ids
 
