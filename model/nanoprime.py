@@ -150,7 +150,7 @@ class NanoPrime(nn.Module):
             raise ValueError(
                 f"input_ids must have shape (batch, tokens) with both >= 1, got {tuple(input_ids.shape)}"
             )
-        low, high = int(input_ids.min()), int(input_ids.max())
+        low, high = (int(bound) for bound in torch.aminmax(input_ids))
         if low < 0 or high >= config.vocab_size:
             bad = low if low < 0 else high
             raise ValueError(f"token id {bad} is outside the vocabulary [0, {config.vocab_size})")
@@ -184,7 +184,7 @@ class NanoPrime(nn.Module):
                 raise ValueError(
                     f"lengths must lie in [0, {steps}] (the tokens given per row), got {lengths.tolist()}"
                 )
-        new = lengths if lengths is not None else torch.full_like(state.lengths, steps)
+        new = lengths if lengths is not None else steps
         end = int((state.lengths + new).max())
         if end > config.max_seq_len:
             raise ValueError(f"position {end - 1} is past max_seq_len={config.max_seq_len}")

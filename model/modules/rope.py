@@ -21,12 +21,12 @@ class RotaryEmbedding(nn.Module):
         if dim % 2:
             raise ValueError(f"rotary dimension must be even, got {dim}")
         inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        # Each frequency twice, for dimension i and its partner i + dim/2.
+        self.register_buffer("inv_freq", torch.cat((inv_freq, inv_freq)), persistent=False)
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """positions (...,) integer -> cos, sin of shape (..., dim) in inv_freq's dtype (fp32 unless fp64)."""
         angles = positions.to(self.inv_freq.dtype).unsqueeze(-1) * self.inv_freq
-        angles = torch.cat((angles, angles), dim=-1)
         return angles.cos(), angles.sin()
 
 
