@@ -4,10 +4,11 @@ Figures, all from one run:
   1. the server's overhead: time to first token measured by a client over HTTP / the engine's own time to
      first token (queue + prefill + first sample, reported in the `done` event) for the same request, one
      client at a time so nothing queues (target <= 1.25x);
-  2. N concurrent clients, each sending R turns one after the other: time to first token p50/p99, inter-token
-     gap p50/p99, aggregate tokens/s, errors; and aggregate tokens/s of one client alone for comparison.
+  2. for each number of clients (1, 8 and 32 by default), that many concurrent clients each sending R turns
+     one after the other: time to first token p50/p99, inter-token gap p50/p99, aggregate tokens/s, errors.
 
     python benchmarks/server_load.py                         # starts a server on a random-weight pocket model
+    python benchmarks/server_load.py --clients 1,4           # other client counts
     python benchmarks/server_load.py --model-dir models/x    # ... on that model directory
     python benchmarks/server_load.py --url http://host:8000  # against a server that is already running
 
@@ -175,6 +176,17 @@ async def load(url: str, headers: dict[str, str], clients: int, turns: int, word
 
 
 # ---- figures -----------------------------------------------------------------------------------------------
+def client_counts(text: str) -> list[int]:
+    """ "1,8,32" -> [1, 8, 32] (argparse type)."""
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from error
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive client counts, got {text!r}")
+    return counts
+
+
 def percentile(values: list[float], q: float) -> float:
     """Linear interpolation between closest ranks; NaN for no values."""
     if not values:
@@ -210,7 +222,9 @@ def main() -> None:
     where.add_argument("--model-dir", type=Path, help="serve this model directory (default: random weights)")
     parser.add_argument("--preset", default="pocket", help="shape of the random-weight model")
     parser.add_argument("--api-key", default=os.environ.get("NANOPRIME_API_KEY", ""))
-    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument(
+        "--clients", type=client_counts, default=[1, 8, 32], help="comma-separated client counts (1,8,32)"
+    )
     parser.add_argument("--turns", type=int, default=2, help="turns per client, one after the other")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--prompt-words", type=int, default=200, help="words in each question")
@@ -224,7 +238,7 @@ def main() -> None:
         url = args.url
         if url is None:
             model_dir = args.model_dir or build_random_model(args.preset, workdir)
-            server, url = start_server(model_dir, workdir, args.clients)
+            server, url = start_server(model_dir, workdir, max(args.clients))
         try:
             model = wait_ready(url, headers)
             print(f"server {url}: model {model['name']} ({model['parameters']:,} parameters)")
@@ -239,12 +253,12 @@ def main() -> None:
                 "ratio_p50": percentile(ratios, 50),
                 "errors": sum(t.error is not None for t in alone),
             }
-            single = summarize(
-                *asyncio.run(load(url, headers, 1, args.turns, args.prompt_words, args.max_tokens))
-            )
-            many = summarize(
-                *asyncio.run(load(url, headers, args.clients, args.turns, args.prompt_words, args.max_tokens))
-            )
+            by_clients = {
+                clients: summarize(
+                    *asyncio.run(load(url, headers, clients, args.turns, args.prompt_words, args.max_tokens))
+                )
+                for clients in args.clients
+            }
         finally:
             if server is not None:
                 server.terminate()
@@ -260,18 +274,19 @@ def main() -> None:
     print(f"\n2. load ({args.turns} turns per client, {args.max_tokens} tokens each)")
     columns = ["clients", "TTFT p50", "TTFT p99", "gap p50", "gap p99", "tokens/s"]
     print("   " + " ".join(f"{name:>10}" for name in columns) + " errors")
-    for clients, figures in ((1, single), (args.clients, many)):
+    for clients, figures in by_clients.items():
         print(
             f"   {clients:>10} {figures['ttft_p50_ms']:>8.1f}ms {figures['ttft_p99_ms']:>8.1f}ms "
             f"{figures['inter_token_p50_ms']:>8.1f}ms {figures['inter_token_p99_ms']:>8.1f}ms "
             f"{figures['tokens_per_s']:>10.1f} {figures['errors']:>6}"
         )
-    speedup = many["tokens_per_s"] / single["tokens_per_s"]
-    print(f"   aggregate tokens/s, {args.clients} clients / 1 client: {speedup:.2f}x")
+    fewest, most = min(by_clients), max(by_clients)
+    speedup = by_clients[most]["tokens_per_s"] / by_clients[fewest]["tokens_per_s"]
+    print(f"   aggregate tokens/s, {most} clients / {fewest}: {speedup:.2f}x")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         result = {"args": {k: str(v) for k, v in vars(args).items()}, "model": model["name"]}
-        result |= {"overhead": overhead, "one_client": single, "concurrent": many}
+        result |= {"overhead": overhead, "clients": {str(n): figures for n, figures in by_clients.items()}}
         args.out.write_text(json.dumps(result, indent=2))
 
 
