@@ -3,7 +3,8 @@
 All in one run, on random weights (speed does not depend on what the weights say):
   1. batch-1 decode tokens/s at several contexts, NanoPrime (served form, loaded from a model directory) vs
      transformers' LlamaForCausalLM with its KV cache (targets: >= 2x at 128, >= 4x at 4096);
-  2. NanoPrime's per-token decode time at the longest context / the shortest (target <= 1.3x);
+  2. NanoPrime's per-token decode time at the longest context / the shortest (target <= 1.3x), and the
+     torch ops each model calls per decode step (beyond the matmuls, a step's cost here is mostly per op);
   3. aggregate tokens/s through the engine with 1, 4 and 16 concurrent sequences (target: 16 >= 6x one);
   4. cache bytes per token against the Llama KV cache;
   5. time to first token of the 10th turn of a conversation with state reuse / the 1st turn (target <= 1.5x),
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from backend.engine import Engine
@@ -116,6 +118,41 @@ def decode_side_by_side(
         "llama_cache_bytes": sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers),
         "tokens": context + warmup + steps,
     }
+
+
+class _OpCounter(TorchFunctionMode):
+    """Counts the torch calls Python makes (ops, not attribute reads like .shape or .dtype)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.calls += getattr(func, "__name__", "") != "__get__"
+        return func(*args, **(kwargs or {}))
+
+
+@torch.inference_mode()
+def ops_per_step(nanoprime: NanoPrime, llama: LlamaForCausalLM, context: int) -> dict[str, int]:
+    """Torch ops one batch-1 decode step calls from Python, after a `context`-token prefill and one step.
+
+    At this size most of a step's time beyond the matmuls is the per-op cost, so this counts what to cut.
+    """
+    ids = torch.zeros(1, context, dtype=torch.long)
+    state = nanoprime.new_state(batch_size=1)
+    nanoprime(ids, state)
+    cache = llama(ids, use_cache=True).cache
+    token = torch.zeros(1, 1, dtype=torch.long)
+    counts = {}
+    for name, step in (
+        ("nanoprime", lambda: nanoprime(token, state)),
+        ("llama", lambda: llama(token, cache=cache, use_cache=True)),
+    ):
+        step()  # the first step may grow a cache
+        with _OpCounter() as counter:
+            step()
+        counts[name] = counter.calls
+    return counts
 
 
 # ---- 3: engine throughput ----------------------------------------------------------------------------------
@@ -303,6 +340,9 @@ def main() -> None:
         f"per-token time at {longest_row['context']} / at {shortest_row['context']}: "
         f"NanoPrime {growth:.2f}x (target <= 1.3x), Llama {llama_growth:.2f}x"
     )
+    ops = ops_per_step(nanoprime, llama, shortest_row["context"])
+    results["torch_ops_per_decode_step"] = ops
+    print(f"torch ops per decode step: NanoPrime {ops['nanoprime']}, Llama {ops['llama']}")
 
     print(f"\nengine, {args.engine_tokens} tokens per request, temperature 0.7, best of 2 runs")
     results["engine"] = []
