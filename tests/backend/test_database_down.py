@@ -91,7 +91,8 @@ def test_an_answer_ending_while_the_database_is_down_is_stored_when_it_is_back(
             assert time.monotonic() < deadline, "the answer was not stored after the database came back"
             time.sleep(0.1)
         tokens = "".join(e.json()["delta"] for e in streamed if e.event == "token")
-        assert (answer["id"], answer["status"]) == (answer_id, "stopped")
+        # "complete" only if all its tokens came before the stop did
+        assert answer["id"] == answer_id and answer["status"] in ("stopped", "complete")
         assert answer["content"].startswith(tokens) and answer["content"]
         again = stream_events(client, f"{url}/messages", {"content": "ancora", "max_tokens": 6})
         assert again[-1].event == "done"
