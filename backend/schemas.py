@@ -10,9 +10,27 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
-NonBlank = Annotated[str, StringConstraints(min_length=1)]
+
+def no_nul(value: str) -> str:
+    """PostgreSQL text cannot hold U+0000, so no text that may reach the database has it, on any database."""
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character (U+0000)")
+    return value
+
+
+# Text from a client that is stored or looked up: ids, titles, prompts, messages, stop strings, searches.
+Text = Annotated[str, AfterValidator(no_nul)]
+NonBlank = Annotated[str, StringConstraints(min_length=1), AfterValidator(no_nul)]
 # The largest count a request may give: anything beyond fits no database integer column or tensor index.
 MAX_COUNT = 2**31 - 1
 
@@ -53,18 +71,18 @@ class GenerationSettings(Request):
 class TurnRequest(GenerationSettings):
     """What the UI sends with every turn: the settings, and the conversation's system prompt."""
 
-    system_prompt: str | None = Field(default=None, max_length=20_000)
+    system_prompt: Text | None = Field(default=None, max_length=20_000)
 
 
 class ConversationCreate(Request):
-    title: str | None = Field(default=None, max_length=200)
-    system_prompt: str = Field(default="", max_length=20_000)
+    title: Text | None = Field(default=None, max_length=200)
+    system_prompt: Text = Field(default="", max_length=20_000)
     settings: GenerationSettings | None = None
 
 
 class ConversationUpdate(Request):
-    title: str | None = Field(default=None, max_length=200)
-    system_prompt: str | None = Field(default=None, max_length=20_000)
+    title: Text | None = Field(default=None, max_length=200)
+    system_prompt: Text | None = Field(default=None, max_length=20_000)
     settings: GenerationSettings | None = None
 
     @model_validator(mode="after")
@@ -77,7 +95,7 @@ class ConversationUpdate(Request):
 class MessageCreate(TurnRequest):
     """A new user message (POST .../messages), or the new text of an edited one (.../messages/{id}/edit)."""
 
-    content: str = Field(max_length=200_000)
+    content: Text = Field(max_length=200_000)
 
     @field_validator("content")
     @classmethod

@@ -95,6 +95,12 @@ def sse_json(data: dict[str, Any]) -> str:
     return json.dumps(data, ensure_ascii=False).translate(_UNICODE_LINE_BREAKS)
 
 
+def storable(text: str) -> str:
+    """Generated text as every database can hold it: a NUL (PostgreSQL refuses it) becomes U+FFFD. Applied to
+    what is streamed too, so the client sees exactly what is stored."""
+    return text.replace("\x00", "\ufffd")
+
+
 def sse(name: str, data: dict[str, Any]) -> ServerSentEvent:
     return ServerSentEvent(event=name, data=sse_json(data))
 
@@ -145,11 +151,11 @@ class Turn:
                 now = time.perf_counter()
                 if isinstance(event, ThinkingDelta):
                     thinking_s += now - last
-                    thinking.append(event.text)
-                    self._events.put_nowait(sse("thinking", {"delta": event.text}))
+                    thinking.append(storable(event.text))
+                    self._events.put_nowait(sse("thinking", {"delta": thinking[-1]}))
                 elif isinstance(event, TokenDelta):
-                    answer.append(event.text)
-                    self._events.put_nowait(sse("token", {"delta": event.text}))
+                    answer.append(storable(event.text))
+                    self._events.put_nowait(sse("token", {"delta": answer[-1]}))
                 elif isinstance(event, Done):
                     done = event
                 elif isinstance(event, Failed):
@@ -186,7 +192,7 @@ class Turn:
             failure = "the answer is not saved yet: the database is unavailable (it is saved when it is back)"
         except Exception as error:
             log.exception("could not store answer %s", self.rows.assistant_message_id)
-            failure = f"the answer could not be saved: {type(error).__name__}: {error}"
+            failure = f"the answer could not be saved: {database_problem(error)}"
         if failure is None and done is not None:
             data = {
                 "finish_reason": done.finish_reason,
@@ -200,9 +206,11 @@ class Turn:
             self._events.put_nowait(sse("error", {"message": failure}))
         self.ended.set()
         self._events.put_nowait(None)
-        if database_down:
-            await self._store_when_the_database_is_back(outcome)
-        self._turns.forget(self)
+        try:
+            if database_down:
+                await self._store_when_the_database_is_back(outcome)
+        finally:
+            self._turns.forget(self)
 
     async def _store_when_the_database_is_back(self, outcome: dict[str, Any]) -> None:
         """Retry storing the answer until it is stored, so the placeholder does not stay "streaming" (which
@@ -216,6 +224,9 @@ class Turn:
             except DATABASE_UNAVAILABLE:
                 delay = min(delay * 2, STORE_RETRY_MAX_S)
                 continue
+            except Exception:
+                log.exception("could not store answer %s", self.rows.assistant_message_id)
+                return
             log.info("answer %s stored now that the database is back", self.rows.assistant_message_id)
             return
 

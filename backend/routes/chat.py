@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from backend import store
 from backend.db import session_scope
 from backend.routes.deps import get_sessions, get_turns
-from backend.schemas import MessageCreate, TurnRequest
+from backend.schemas import MessageCreate, Text, TurnRequest
 from backend.turns import Turn, Turns
 
 router = APIRouter(prefix="/api/conversations", tags=["chat"])
@@ -49,7 +49,7 @@ def event_stream(turn: Turn) -> EventSourceResponse:
 
 
 @router.post("/{conversation_id}/messages", response_class=EventSourceResponse)
-async def send_message(conversation_id: str, body: MessageCreate, turns: TurnsDep) -> EventSourceResponse:
+async def send_message(conversation_id: Text, body: MessageCreate, turns: TurnsDep) -> EventSourceResponse:
     """Add a user message and stream the answer."""
     turn = await turns.start(
         conversation_id,
@@ -62,7 +62,7 @@ async def send_message(conversation_id: str, body: MessageCreate, turns: TurnsDe
 
 @router.post("/{conversation_id}/regenerate", response_class=EventSourceResponse)
 async def regenerate(
-    conversation_id: str, turns: TurnsDep, body: Annotated[TurnRequest | None, Body()] = None
+    conversation_id: Text, turns: TurnsDep, body: Annotated[TurnRequest | None, Body()] = None
 ) -> EventSourceResponse:
     """Replace the last answer with a new one to the same user message."""
     turn = await turns.start(
@@ -76,7 +76,7 @@ async def regenerate(
 
 @router.post("/{conversation_id}/messages/{message_id}/edit", response_class=EventSourceResponse)
 async def edit_message(
-    conversation_id: str, message_id: str, body: MessageCreate, turns: TurnsDep
+    conversation_id: Text, message_id: Text, body: MessageCreate, turns: TurnsDep
 ) -> EventSourceResponse:
     """Rewrite a user message, drop the messages after it, and stream a new answer."""
     turn = await turns.start(
@@ -90,7 +90,7 @@ async def edit_message(
 
 @router.post("/{conversation_id}/stop")
 async def stop(
-    conversation_id: str, turns: TurnsDep, sessions: Annotated[sessionmaker[Session], Depends(get_sessions)]
+    conversation_id: Text, turns: TurnsDep, sessions: Annotated[sessionmaker[Session], Depends(get_sessions)]
 ) -> dict[str, bool]:
     """Stop the running answer; it is stored with what was generated so far, as "stopped"."""
     if turns.stop(conversation_id):  # a running answer stops even while the database is unavailable

@@ -20,6 +20,7 @@ from backend.schemas import (
     ConversationPage,
     ConversationSummary,
     ConversationUpdate,
+    Text,
 )
 from backend.settings import Settings
 from backend.turns import Turns, check_max_tokens
@@ -49,7 +50,7 @@ def create_conversation(
 @router.get("", response_model=ConversationPage)
 def list_conversations(
     sessions: Sessions,
-    q: Annotated[str | None, Query(max_length=200, description="search titles and message text")] = None,
+    q: Annotated[Text | None, Query(max_length=200, description="search titles and message text")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 30,
     offset: Annotated[int, Query(ge=0, le=MAX_COUNT)] = 0,
 ) -> ConversationPage:
@@ -65,14 +66,14 @@ def list_conversations(
 
 
 @router.get("/{conversation_id}", response_model=ConversationDetail)
-def get_conversation(conversation_id: str, sessions: Sessions) -> ConversationDetail:
+def get_conversation(conversation_id: Text, sessions: Sessions) -> ConversationDetail:
     with session_scope(sessions) as session:
         return ConversationDetail.of(store.get_conversation(session, conversation_id))
 
 
 @router.patch("/{conversation_id}", response_model=ConversationDetail)
 def update_conversation(
-    conversation_id: str,
+    conversation_id: Text,
     body: ConversationUpdate,
     sessions: Sessions,
     settings: Annotated[Settings, Depends(get_settings)],
@@ -89,7 +90,7 @@ def update_conversation(
 
 @router.delete("/{conversation_id}", status_code=204)
 async def delete_conversation(
-    conversation_id: str, sessions: Sessions, turns: Annotated[Turns, Depends(get_turns)]
+    conversation_id: Text, sessions: Sessions, turns: Annotated[Turns, Depends(get_turns)]
 ) -> Response:
     """Delete it with its messages; an answer still running is stopped first."""
     turns.stop(conversation_id)
@@ -104,7 +105,7 @@ async def delete_conversation(
 
 @router.get("/{conversation_id}/export")
 def export_conversation(
-    conversation_id: str,
+    conversation_id: Text,
     sessions: Sessions,
     format: Annotated[Literal["json", "markdown"], Query()] = "json",
 ) -> Response:

@@ -29,12 +29,10 @@ EXAMPLES_PER_OPERATION = 40
 MIN_CASES = 500
 
 
-@pytest.fixture(scope="module")
-def fuzz_server(
-    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, one_torch_thread
-) -> Iterator[str]:
-    database = tmp_path_factory.mktemp("fuzz") / "fuzz.db"
-    with LiveServer(serving_settings(tiny_model_dir, f"sqlite:///{database}")) as server:
+@pytest.fixture
+def fuzz_server(tiny_model_dir: Path, db_url: str, one_torch_thread) -> Iterator[str]:
+    """A server on each database: PostgreSQL refuses values SQLite takes (a NUL in text, say)."""
+    with LiveServer(serving_settings(tiny_model_dir, db_url)) as server:
         yield server.url
 
 

@@ -260,3 +260,25 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch):
     assert settings.api_key is None
     monkeypatch.setenv("NANOPRIME_DATABASE_URL", "sqlite:///other.db")
     assert Settings().database_url == "sqlite:///other.db"
+
+
+def test_a_nul_character_anywhere_is_a_422_naming_the_field_on_every_database(tmp_path: Path, db_url: str):
+    """PostgreSQL cannot store or even compare text holding U+0000; SQLite can. Both answer alike: a 422."""
+    with TestClient(create_app(make_settings(tmp_path, database_url=db_url))) as client:
+        conversation_id = client.post("/api/conversations", json={}).json()["id"]
+        url = f"/api/conversations/{conversation_id}"
+        refused = {
+            "title": client.post("/api/conversations", json={"title": "a\x00b"}),
+            "system_prompt": client.patch(url, json={"system_prompt": "\x00"}),
+            "settings.stop[0]": client.post("/api/conversations", json={"settings": {"stop": ["x\x00"]}}),
+            "content": client.post(f"{url}/messages", json={"content": "ciao\x00"}),
+            "q": client.get("/api/conversations", params={"q": "a\x00"}),
+            "conversation_id": client.get("/api/conversations/a%00b"),
+            "message_id": client.post(f"{url}/messages/m%00/edit", json={"content": "x"}),
+        }
+        for field, response in refused.items():
+            assert response.status_code == 422, (field, response.text)
+            message, param = error_of(response)
+            assert param == field and "NUL" in message
+        assert client.delete("/api/conversations/a%00b").status_code == 422
+        assert client.get(url).json()["messages"] == []
