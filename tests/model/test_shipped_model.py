@@ -22,15 +22,22 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 MODEL_DIR = REPO / "models" / "nanoprime-pocket"
 GOLDEN = Path(__file__).with_name("golden_default_model.json")
-PROMPTS = [
+PROMPTS = [  # also the model card's five sample conversations
     {
         "messages": [{"role": "user", "content": "Tell me a story about a dog named Max who finds a ball."}],
         "thinking": False,
     },
+    {
+        "messages": [
+            {"role": "user", "content": "Write a short story about a little bird who is afraid to fly."}
+        ],
+        "thinking": False,
+    },
     {"messages": [{"role": "user", "content": "What is 23 + 58?"}], "thinking": True},
-    {"messages": [{"role": "user", "content": "Once upon a time"}], "thinking": True},
+    {"messages": [{"role": "user", "content": "Compute 604 minus 297."}], "thinking": True},
+    {"messages": [{"role": "user", "content": "What is 23 + 58?"}], "thinking": False},
 ]
-MAX_NEW_TOKENS = 48
+MAX_NEW_TOKENS = 160
 
 
 def greedy_outputs() -> list[dict[str, object]]:
