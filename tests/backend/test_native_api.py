@@ -6,6 +6,7 @@ the server must handle (conversations work, /health and generation answer 503 wi
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -170,8 +171,16 @@ def test_body_size_limit_answers_413(tmp_path: Path):
 
 
 def test_api_key_guards_everything_but_health(tmp_path: Path):
-    with TestClient(create_app(make_settings(tmp_path, api_key="s3cret"))) as client:
-        for method, path in [("GET", "/api/conversations"), ("GET", "/v1/models"), ("GET", "/metrics")]:
+    app = create_app(make_settings(tmp_path, api_key="s3cret"))
+    routes = [
+        (method.upper(), re.sub(r"\{[^}]+\}", "x", path))
+        for path, operations in app.openapi()["paths"].items()
+        for method in operations
+        if path != "/health"
+    ]
+    assert {("POST", "/api/conversations/x/messages"), ("POST", "/v1/chat/completions")} <= set(routes)
+    with TestClient(app) as client:
+        for method, path in routes:  # SSE and /v1 included: every route in the schema
             response = client.request(method, path)
             assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
             assert error_of(response)[1] == "authorization"
