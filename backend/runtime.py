@@ -19,6 +19,7 @@ from typing import Any
 
 import anyio
 import torch
+from starlette.types import Receive
 
 from backend.engine import Engine, EngineBusy
 from backend.errors import BadRequest, Busy, Unavailable
@@ -218,6 +219,12 @@ class Generation:
     async def cancel_on(self, event: anyio.Event) -> None:
         """Cancel when `event` is set (the server is shutting down); the stream then ends with its Done."""
         await event.wait()
+        self.cancel()
+
+    async def cancel_on_disconnect(self, receive: Receive) -> None:
+        """Cancel when the client goes away: a request whose body has been read gets only http.disconnect."""
+        while (await receive())["type"] != "http.disconnect":
+            pass
         self.cancel()
 
     def _end(self, outcome: str) -> None:

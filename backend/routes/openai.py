@@ -18,7 +18,7 @@ from functools import partial
 from typing import Annotated, Any, Literal
 
 import anyio
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
@@ -138,7 +138,7 @@ def list_models(runtime: RuntimeDep) -> dict[str, Any]:
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatCompletionRequest, runtime: RuntimeDep
+    body: ChatCompletionRequest, request: Request, runtime: RuntimeDep
 ) -> dict[str, Any] | EventSourceResponse:
     info = runtime.require_ready()
     settings, limit_field = body.settings(runtime.settings.default_max_new_tokens)
@@ -156,7 +156,11 @@ async def chat_completions(
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return sse_response(partial(completion.stream, generation, include_usage))
-    return await completion.collect(generation)
+    watcher = asyncio.create_task(generation.cancel_on_disconnect(request.receive))
+    try:
+        return await completion.collect(generation)  # ends with Done("cancelled") if the client left
+    finally:
+        watcher.cancel()
 
 
 class Completion:

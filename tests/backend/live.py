@@ -1,5 +1,5 @@
 """A real uvicorn server on a free loopback port (in a thread of the test process, or as its own process),
-and an SSE reader.
+an SSE reader and a /metrics reader.
 
 Streaming is tested over real sockets: that is where buffering, disconnects and concurrency show. The server
 runs as a process (`python -m backend.server`, configured by environment as in production) where a test kills
@@ -147,6 +147,11 @@ class ServerProcess:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+def metric(text: str, name: str) -> float:
+    """The value of the sample `name` (labels included, as Prometheus writes them) in a /metrics text."""
+    return float(next(line for line in text.splitlines() if line.startswith(name + " ")).split()[-1])
 
 
 @dataclass

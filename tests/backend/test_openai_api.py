@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import time
+from urllib.parse import urlsplit
 
 import httpx
 import openai
 import pytest
 
-from tests.backend.live import LiveServer, iter_sse
+from tests.backend.live import LiveServer, iter_sse, metric
 
 QUESTION = [{"role": "user", "content": "Perché il caffè è buono?"}]
 
@@ -145,6 +148,39 @@ def test_a_streamed_completion_that_is_abandoned_frees_its_slot(
     while (engine.stats()["active"] or live_server.runtime.in_flight) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert engine.stats()["active"] == 0 and live_server.runtime.in_flight == 0
+
+
+def wait_for_generations(client: httpx.Client, gauge: str, value: int, timeout: float = 60) -> str:
+    """/metrics once the gauge nanoprime_generations_<gauge> reads `value`."""
+    deadline = time.monotonic() + timeout
+    while metric(text := client.get("/metrics").text, f"nanoprime_generations_{gauge}") != value:
+        assert time.monotonic() < deadline, f"nanoprime_generations_{gauge} is not {value} after {timeout} s"
+        time.sleep(0.01)
+    return text
+
+
+def test_a_non_streamed_completion_whose_client_leaves_is_cancelled(
+    client: httpx.Client, live_server: LiveServer
+):
+    """Nothing is sent before the answer is whole, so only the connection tells that nobody waits for it."""
+    max_tokens = 2000
+    body = {
+        "model": "nanoprime",
+        "messages": [{"role": "user", "content": "long"}],
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "thinking": False,
+    }
+    tokens_before = metric(client.get("/metrics").text, "nanoprime_tokens_generated_total")
+    server = urlsplit(live_server.url)
+    connection = http.client.HTTPConnection(server.hostname, server.port, timeout=60)
+    connection.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+    wait_for_generations(client, "active", 1)  # admitted and decoding
+    connection.close()  # before any answer: the client is gone
+    metrics = wait_for_generations(client, "admitted", 0)
+    assert metric(metrics, "nanoprime_generations_active") == 0
+    generated = metric(metrics, "nanoprime_tokens_generated_total") - tokens_before
+    assert 0 < generated < max_tokens // 4, f"{generated:.0f} of {max_tokens} tokens: it was not cancelled"
 
 
 def test_models_list(oai: openai.OpenAI, live_server: LiveServer):

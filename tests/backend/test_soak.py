@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from tests.backend.conftest import serving_env
-from tests.backend.live import ServerProcess, SSEEvent, iter_sse
+from tests.backend.live import ServerProcess, SSEEvent, iter_sse, metric
 
 CLIENTS = 32
 SOAK_S = 60.0
@@ -149,10 +149,6 @@ async def soak_for(server: ServerProcess, seconds: float) -> tuple[Soak, dict[fl
     finally:
         sampler.cancel()
     return soak, rss
-
-
-def metric(text: str, name: str) -> float:
-    return float(next(line for line in text.splitlines() if line.startswith(name + " ")).split()[-1])
 
 
 def idle_metrics(http: httpx.Client, timeout: float = 10) -> str:
