@@ -370,7 +370,7 @@ class Engine:
         if state is None:
             state = self.model.new_state(batch_size=1)
         new_ids = torch.tensor([prompt[kept:]], dtype=torch.long, device=self._device)
-        logits, state = self.model(new_ids, state)
+        logits, state = self.model(new_ids, state, last_only=True)
         if self.states.max_bytes:
             self.states.put(prompt, state.clone())
         params = request.params
@@ -506,7 +506,8 @@ class Engine:
             if state is None:
                 return
             try:
-                self.model(torch.tensor([continuation], dtype=torch.long, device=self._device), state)
+                ids = torch.tensor([continuation], dtype=torch.long, device=self._device)
+                self.model(ids, state, last_only=True)
             except Exception:  # an optimisation only: a failure here must not disturb serving
                 return
             self.states.put(job.prompt_ids + continuation, state)

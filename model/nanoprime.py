@@ -120,8 +120,13 @@ class NanoPrime(nn.Module):
         input_ids: torch.Tensor,
         state: InferenceState | None = None,
         lengths: torch.Tensor | None = None,
+        last_only: bool = False,
     ) -> tuple[torch.Tensor, InferenceState | None]:
-        """(B, T) token ids -> (B, T, vocab) logits; with a state, prefill/decode and update it in place."""
+        """(B, T) token ids -> (B, T, vocab) logits; with a state, prefill/decode and update it in place.
+
+        `last_only` gives (B, 1, vocab): the logits of each row's last real token only. A prefill needs
+        nothing else, and the head over every prompt position is a large share of its time.
+        """
         lengths = self._check_inputs(input_ids, state, lengths)
         x = self.embed(input_ids)
         if state is None:
@@ -137,6 +142,8 @@ class NanoPrime(nn.Module):
                 x = layer(x, state.caches[start : start + layer.n_caches], past, lengths)
                 start += layer.n_caches
             state.lengths = past + (lengths if lengths is not None else input_ids.shape[1])
+        if last_only:
+            x = x[:, -1:] if lengths is None else x[torch.arange(len(x)), (lengths - 1).clamp(min=0)][:, None]
         return self.head(self.norm(x)), state
 
     def _check_inputs(

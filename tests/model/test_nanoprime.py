@@ -91,6 +91,22 @@ def test_right_padded_batch_gives_each_row_its_own_logits(pattern):
         assert max_diff(got, alone) <= TOL, f"row {i}"
 
 
+def test_last_only_gives_the_logits_of_each_rows_last_real_token():
+    model = tiny_model(**NUMERICS["ternary-weights"])
+    ids = random_ids(3, 9, seed=5)
+    lengths = torch.tensor([9, 4, 1])
+    with torch.no_grad():
+        every, _ = model(ids, model.new_state(3), lengths=lengths)
+        last, state = model(ids, model.new_state(3), lengths=lengths, last_only=True)
+        unpadded, _ = model(ids, model.new_state(3), last_only=True)
+        plain, _ = model(ids, last_only=True)
+    assert last.shape == (3, 1, every.shape[-1]) and state.lengths.tolist() == [9, 4, 1]
+    for row, n in enumerate(lengths.tolist()):
+        assert max_diff(last[row, 0], every[row, n - 1]) <= 1e-6, f"row {row}"
+    assert max_diff(unpadded[0, 0], every[0, -1]) <= 1e-6  # no lengths: the last column
+    assert max_diff(plain, full_logits(model, ids)[:, -1:]) <= 1e-6
+
+
 def test_rows_can_advance_by_different_amounts_in_one_call():
     model = tiny_model(**NUMERICS["ternary-weights"])
     ids = random_ids(2, 12, seed=3)
