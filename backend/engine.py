@@ -1,9 +1,10 @@
 """The generation engine: one worker thread owns the model and decodes every active request as one batch.
 
 Continuous batching: a new request is prefilled alone (B = 1) and its inference state joins the running batch
-with `InferenceState.concat`; every step feeds one token per active sequence through the batched state; a
-sequence that finishes or is cancelled leaves with `state.select` before the next step, so it stops costing
-compute at once. Requests wait in a bounded queue; a submit to a full queue raises EngineBusy immediately.
+with `InferenceState.concat`, one new request between two decode steps; every step feeds one token per active
+sequence through the batched state; a sequence that finishes or is cancelled leaves with `state.select` before
+the next step, so it stops costing compute at once. Requests wait in a bounded queue; a submit to a full
+queue raises EngineBusy immediately.
 
 Conversation state reuse: the state at the end of each prompt and at the end of each generated turn is kept
 in an LRU bounded in bytes, keyed by the tokens it has consumed. A follow-up turn whose prompt extends a kept
@@ -340,7 +341,11 @@ class Engine:
         self._busy = False
 
     def _admit(self) -> None:
-        """Prefill waiting requests into free slots; wait briefly for work when there is nothing to do."""
+        """Prefill waiting requests into free slots; wait briefly for work when there is nothing to do.
+
+        While a batch is decoding, one request is prefilled between two decode steps: a burst of new requests
+        then delays each running answer by one prefill at a time instead of by all of them together.
+        """
         while len(self._active) < self.max_batch_size and not self._stop.is_set():
             try:
                 if self._active or self._warmups:
@@ -353,6 +358,7 @@ class Engine:
                         self._busy = True
             except queue.Empty:
                 return
+            decoding = bool(self._active)
             try:
                 if request.handle.cancelled:
                     self._finish_unstarted(request, time.perf_counter())
@@ -362,6 +368,8 @@ class Engine:
                 request.handle._put(Failed(f"generation failed: {error}"))
             finally:
                 self._count_in_flight(-1)
+            if decoding:
+                return
 
     def _prefill(self, request: _Request) -> None:
         started = time.perf_counter()

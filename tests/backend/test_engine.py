@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import torch
@@ -120,11 +121,34 @@ def test_four_prompts_batched_equal_each_alone(make_engine):
         alone.append(handle.output_ids)
     engine = make_engine(start=False, max_batch_size=4, state_cache_bytes=0)
     handles = [engine.submit(chat(text), greedy(32)) for text in PROMPTS]
-    engine.start()  # all four are waiting, so they are prefilled and then decoded as one batch
+    engine.start()  # all four are waiting: they join the batch one per decode step and decode together
     for handle in handles:
         collect(handle)
     assert [h.output_ids for h in handles] == alone
     assert len(set(map(tuple, alone))) == 4  # four different continuations, so rows cannot be mixed up
+
+
+def test_a_burst_of_new_requests_joins_one_per_decode_step(make_engine):
+    """A running answer is delayed by one prefill at a time, not by the whole burst before its next token."""
+    engine = make_engine(start=False, max_batch_size=16, state_cache_bytes=0)
+    running = engine.submit(chat(PROMPTS[0]), greedy(64, ignore_eos=True))
+    burst = [
+        engine.submit(chat(f"{text} {k}"), greedy(64, ignore_eos=True)) for k in range(2) for text in PROMPTS
+    ]
+    engine.start()
+    seen: dict[int, int] = {}  # newcomer -> the running answer's tokens when its first token appeared
+    deadline = time.monotonic() + 60
+    while len(seen) < len(burst):  # watch all newcomers at once, so no first token is noticed late
+        assert time.monotonic() < deadline, "a newcomer got no token within 60 s"
+        for k, handle in enumerate(burst):
+            if k not in seen and handle.output_ids:
+                seen[k] = len(running.output_ids)
+        time.sleep(0.0002)  # let the worker thread have the GIL
+    tokens_of_the_running_answer = [seen[k] for k in range(len(burst))]
+    # the first newcomer joins right after the running answer's prefill, then one more per decode step
+    assert tokens_of_the_running_answer[-1] >= len(burst), tokens_of_the_running_answer
+    for handle in [running, *burst]:
+        assert collect(handle)[2].finish_reason == "length" and len(handle.output_ids) == 64
 
 
 def test_seeded_sampling_is_the_same_alone_and_batched(make_engine):
