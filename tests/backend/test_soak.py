@@ -204,7 +204,15 @@ def test_32_clients_for_60_s_with_disconnects_lose_nothing_and_leak_nothing(
         metrics = idle_metrics(http)
         for gauge in ("admitted", "active", "queued"):
             assert metric(metrics, f"nanoprime_generations_{gauge}") == 0, gauge
-        assert 'status="5' not in metrics
+        # the only 5xx allowed: /health saying 503 while the server was still loading, before the soak
+        server_errors = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("nanoprime_http_requests_total")
+            and 'status="5' in line
+            and 'route="/health"' not in line
+        ]
+        assert not server_errors, server_errors
 
     mib = {round(at): value >> 20 for at, value in sorted(rss.items())}
     print(f"server RSS in MiB by second: {mib}")
