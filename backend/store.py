@@ -1,8 +1,8 @@
 """Where conversations and messages are read and written.
 
-A chat turn touches the database twice. `begin_*` commits the user's message together with an assistant
-placeholder in status "streaming" (so the message ids can be announced before the first token, and the user's
-words survive whatever happens next); `finish_turn` fills the placeholder in one write when the turn ends,
+A chat turn touches the database twice. `begin_*` commits the user's message together with a pending
+assistant row in status "streaming" (so the message ids can be announced before the first token, and the
+user's words survive whatever happens next); `finish_turn` fills that row in one write when the turn ends,
 however it ends. The functions take a Session and leave committing to the caller (see db.session_scope).
 """
 
@@ -118,7 +118,7 @@ def delete_conversation(session: Session, conversation_id: str) -> None:
 
 
 def begin_turn(session: Session, conversation_id: str, content: str, plan: Plan) -> TurnRows:
-    """Append the user's message and an assistant placeholder; the first message titles the conversation."""
+    """Append the user's message and a pending answer row; the first message titles the conversation."""
     conversation = get_conversation(session, conversation_id)
     _refuse_if_streaming(conversation)
     user = orm.Message(
@@ -131,11 +131,11 @@ def begin_turn(session: Session, conversation_id: str, content: str, plan: Plan)
     conversation.messages.append(user)
     if not conversation.title:
         conversation.title = make_title(content)
-    return _add_placeholder(session, conversation, user, plan)
+    return _add_pending_answer(session, conversation, user, plan)
 
 
 def begin_regenerate(session: Session, conversation_id: str, plan: Plan) -> TurnRows:
-    """Replace the last answer with a new placeholder that answers the same user message."""
+    """Replace the last answer with a new "streaming" answer row that answers the same user message."""
     conversation = get_conversation(session, conversation_id)
     _refuse_if_streaming(conversation)
     messages = conversation.messages
@@ -146,7 +146,7 @@ def begin_regenerate(session: Session, conversation_id: str, plan: Plan) -> Turn
         messages = conversation.messages
     if not messages:
         raise Conflict("conversation_id: the conversation has no user message to answer", "conversation_id")
-    return _add_placeholder(session, conversation, messages[-1], plan)
+    return _add_pending_answer(session, conversation, messages[-1], plan)
 
 
 def begin_edit(session: Session, conversation_id: str, message_id: str, content: str, plan: Plan) -> TurnRows:
@@ -167,11 +167,11 @@ def begin_edit(session: Session, conversation_id: str, message_id: str, content:
     )
     session.flush()
     session.expire(conversation, ["messages"])
-    return _add_placeholder(session, conversation, target, plan)
+    return _add_pending_answer(session, conversation, target, plan)
 
 
 def finish_turn(session: Session, assistant_message_id: str, outcome: dict[str, Any]) -> bool:
-    """Fill the placeholder with how the turn ended; False when the conversation was deleted meanwhile."""
+    """Fill the pending answer with how the turn ended; False when the conversation was deleted meanwhile."""
     now = orm.utcnow()
     result = session.execute(
         update(orm.Message).where(orm.Message.id == assistant_message_id).values(**outcome, updated_at=now)
@@ -186,7 +186,7 @@ def finish_turn(session: Session, assistant_message_id: str, outcome: dict[str, 
 
 
 def discard_turn(session: Session, rows: TurnRows, keep_user_message: bool) -> None:
-    """Undo a turn the engine refused: remove the placeholder (and the new user message when it was new)."""
+    """Undo a turn the engine refused: remove the pending answer (and the user message when it was new)."""
     ids = [rows.assistant_message_id] + ([] if keep_user_message else [rows.user_message_id])
     session.execute(delete(orm.Message).where(orm.Message.id.in_(ids)))
 
@@ -222,22 +222,22 @@ def _next_position(conversation: orm.Conversation) -> int:
     return conversation.messages[-1].position + 1 if conversation.messages else 0
 
 
-def _add_placeholder(
+def _add_pending_answer(
     session: Session, conversation: orm.Conversation, user: orm.Message, plan: Plan
 ) -> TurnRows:
     history = _history(conversation, upto=user.position)
     answer = plan(conversation, history)
-    placeholder = orm.Message(
+    pending = orm.Message(
         conversation_id=conversation.id,
         position=user.position + 1,
         role="assistant",
         status=orm.STREAMING,
         **answer,
     )
-    session.add(placeholder)
+    session.add(pending)
     conversation.updated_at = orm.utcnow()
     session.flush()
-    return TurnRows(conversation.id, user.id, placeholder.id, history, answer)
+    return TurnRows(conversation.id, user.id, pending.id, history, answer)
 
 
 def _history(conversation: orm.Conversation, upto: int) -> list[dict[str, str]]:

@@ -1,11 +1,11 @@
 """A chat turn, from the user's message to the stored answer, owned by the server rather than the connection.
 
-`Turns.start` writes the user message and an answer placeholder, submits the prompt, and hands the generation
-to a task that runs it to the end and stores the answer however it ends. The SSE response only subscribes to
-the turn's events: a client that disconnects cancels the generation (the engine drops it at its next step) and
-the task still stores the partial answer, as "stopped". A crash before the end leaves the placeholder in
-"streaming", which the next start marks "interrupted"; a database that is down when the answer ends gets it
-stored when it is back.
+`Turns.start` writes the user message and a pending answer row (status "streaming"), submits the prompt, and
+hands the generation to a task that runs it to the end and stores the answer however it ends. The SSE response
+only subscribes to the turn's events: a client that disconnects cancels the generation (the engine drops it at
+its next step) and the task still stores the partial answer, as "stopped". A crash before the end leaves that
+row in "streaming", which the next start marks "interrupted"; a database that is down when the answer ends
+gets it stored when it is back.
 """
 
 from __future__ import annotations
@@ -213,7 +213,7 @@ class Turn:
             self._turns.forget(self)
 
     async def _store_when_the_database_is_back(self, outcome: dict[str, Any]) -> None:
-        """Retry storing the answer until it is stored, so the placeholder does not stay "streaming" (which
+        """Retry storing the answer until it is stored, so the answer row does not stay "streaming" (which
         would refuse every later turn of the conversation). The turn stays running meanwhile; if the server
         stops first, the next start marks the answer interrupted."""
         delay = STORE_RETRY_FIRST_S
@@ -326,7 +326,7 @@ class Turns:
                 ) from error
             try:
                 generation = slot.submit(rows.history, planned["params"])
-            except Exception:  # refused (429) or broken: leave no placeholder "streaming" behind
+            except Exception:  # refused (429) or broken: leave no answer row "streaming" behind
                 await run_in_threadpool(self._discard, rows, not new_user_message)
                 raise
             turn = Turn(self, rows, generation)
