@@ -94,6 +94,7 @@ export const Composer = forwardRef<ComposerHandle, Props>(function Composer(
         </button>
         {streaming ? (
           <button
+            key="stop"
             type="button"
             data-testid="stop-button"
             aria-label="Stop answering (Esc)"
@@ -105,6 +106,7 @@ export const Composer = forwardRef<ComposerHandle, Props>(function Composer(
           </button>
         ) : (
           <button
+            key="send"
             type="submit"
             data-testid="send-button"
             aria-label="Send message"
