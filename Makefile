@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup run test lint bench web-setup web-build web-test web-e2e
+.PHONY: setup run test lint bench default-model web-setup web-build web-test web-e2e
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,13 @@ bench: setup
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/train_compare.py
 	$(PY) benchmarks/server_load.py
+
+# The shipped default model from scratch (about three hours on one CPU core): stage 1 learns the language,
+# stage 2 fine-tunes it on the reasoning data; the result replaces models/nanoprime-pocket.
+default-model: setup
+	$(PY) -m training train --config training/recipes/default.toml
+	$(PY) -m training train --config training/recipes/default_reasoning.toml
+	$(PY) -m training export runs/default-reasoning/checkpoint models/nanoprime-pocket --swa
 
 # The web chat (web_chat/): `npm ci` once per lock file, the static export the backend serves at /,
 # vitest unit tests, and browser tests (chromium against the real backend with a tiny model).

@@ -119,6 +119,39 @@ def load_weights(path: Path, model: nn.Module, swa: bool = False) -> None:
         raise ValueError(f"checkpoint {path} is corrupt: {file.name}: {error}") from error
 
 
+@torch.no_grad()
+def init_from_model_dir(path: Path, model: nn.Module) -> None:
+    """Start training from an exported model directory (packed ternary weights), for fine-tuning.
+
+    A BitLinear's latent weight becomes t * s / mean|t|: absmean quantization of that gives back exactly the
+    ternary values t and the scale s, so the run starts from the very function the directory serves.
+    """
+    from model.checkpoint import load_model  # the served form lives with the model, not the trainer
+    from model.modules.bitnet import BitLinear
+
+    served = load_model(path)
+    if served.config.to_dict() != model.config.to_dict():
+        raise ValueError(f"init_from {path} holds a model with another config than this recipe")
+    targets = dict(model.named_modules())
+    for name, module in served.named_modules():
+        if isinstance(module, BitLinear):
+            values = (module.weight / module.weight_scale).round()
+            latent = module.weight / values.abs().mean().clamp(min=module.eps)
+            targets[name].weight.copy_(latent)
+            if module.bias is not None:
+                targets[name].bias.copy_(module.bias)
+    bitlinear_params = {
+        f"{name}.{leaf}"
+        for name, module in served.named_modules()
+        if isinstance(module, BitLinear)
+        for leaf in ("weight", "bias")
+    }
+    own = dict(model.named_parameters()) | dict(model.named_buffers())
+    for name, tensor in list(served.named_parameters()) + list(served.named_buffers()):
+        if name not in bitlinear_params and not name.endswith(".weight_scale"):
+            own[name].copy_(tensor)
+
+
 def load_swa(path: Path) -> dict[str, torch.Tensor] | None:
     file = path / "swa.safetensors"
     if not file.exists():

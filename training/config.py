@@ -98,6 +98,7 @@ class CardSection:
 class Recipe:
     seed: int = 1337
     out_dir: str = "runs/default"
+    init_from: str = ""  # a model directory whose weights (and tokenizer) start the run: fine-tuning
     model: dict[str, Any] = field(default_factory=lambda: {"preset": "tiny"})
     tokenizer: TokenizerSection = field(default_factory=TokenizerSection)
     data: DataSection = field(default_factory=DataSection)

@@ -128,6 +128,8 @@ class Trainer:
 
         torch.manual_seed(recipe.seed)
         self.model = model_factory(config).to(self.device)
+        if recipe.init_from and self.resume_path is None:
+            checkpointing.init_from_model_dir(self._path(recipe.init_from), self.model)
         self.groups = param_groups(self.model, config.n_layers, opt.weight_decay)
         self.optimizer, self.optimizer_note = build_optimizer(
             self.groups, opt.lr, (opt.beta1, opt.beta2), opt.eps, self.device, opt.eight_bit
@@ -164,9 +166,8 @@ class Trainer:
         if self.resume_path is not None:
             return Tokenizer.load(self.resume_path)
         section = self.recipe.tokenizer
-        if section.path:
-            path = Path(section.path)
-            return Tokenizer.load(path if path.is_absolute() else self.base_dir / path)
+        if section.path or self.recipe.init_from:
+            return Tokenizer.load(self._path(section.path or self.recipe.init_from))
         if section.vocab_size <= 0:
             raise ValueError("set tokenizer.path (an existing tokenizer) or tokenizer.vocab_size (train one)")
         text = [None]
@@ -177,6 +178,10 @@ class Trainer:
             text = [tokenizer.to_str()]
         broadcast_objects(text)
         return Tokenizer.from_str(text[0])
+
+    def _path(self, path: str) -> Path:
+        """A recipe path, relative to base_dir unless absolute."""
+        return Path(path) if Path(path).is_absolute() else self.base_dir / path
 
     def _train_tokenizer(self) -> Tokenizer:
         section = self.recipe.tokenizer

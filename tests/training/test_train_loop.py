@@ -11,6 +11,7 @@ from training_helpers import tiny_recipe
 from transformers import AutoTokenizer
 
 from model.checkpoint import load_model_dir
+from model.modules.bitnet import BitLinear
 from training.config import recipe_from_dict
 from training.distributed import DistInfo
 from training.evaluate import greedy_generate, perplexity, task_accuracy
@@ -196,3 +197,35 @@ def test_export_load_generate_and_evaluate(tmp_path: Path, corpus_dir: Path, tok
     assert score.total == 3 and 0 <= score.correct <= 3
     ppl = perplexity(model, tokenizer, corpus_dir / "stories.txt", seq_len=32, max_tokens=200)
     assert ppl["tokens"] == 200 and ppl["perplexity"] > 1
+
+
+def test_init_from_starts_at_the_exported_model_and_fine_tunes_it(
+    tmp_path: Path, corpus_dir: Path, tokenizer_dir: Path
+) -> None:
+    base = make_trainer(tiny_recipe(tmp_path / "base", corpus_dir, tokenizer_dir, steps=6))
+    model_dir = base.run().model_dir
+    served, tokenizer = load_model_dir(model_dir)
+
+    recipe = tiny_recipe(tmp_path / "tuned", corpus_dir, tokenizer_dir, steps=6)
+    recipe["init_from"] = str(model_dir)
+    del recipe["tokenizer"]  # the tokenizer comes with the model directory
+    tuned = make_trainer(recipe)
+    assert tuned.tokenizer.to_str() == tokenizer.to_str()
+    layers = dict(served.named_modules())
+    for name, module in tuned.model.named_modules():
+        if isinstance(module, BitLinear):  # the same ternary matrices, scales equal to within rounding
+            assert torch.allclose(module.quantized_weight(), layers[name].weight, rtol=1e-6, atol=0)
+    ids = torch.tensor([tokenizer.encode("Once upon a time, there was a dog named Max.")])
+    with torch.no_grad():
+        tuned.model.eval()
+        assert torch.allclose(tuned.model(ids)[0], served(ids)[0], atol=1e-2)
+        fresh = make_trainer(tiny_recipe(tmp_path / "fresh", corpus_dir, tokenizer_dir, steps=6), write=False)
+        assert not torch.allclose(fresh.model(ids)[0], served(ids)[0], atol=1e-2)
+    tuned.model.train()
+    result = tuned.run()
+    assert set(result.losses) == set(range(1, 7))  # a fresh run of its own steps, not a resume
+
+    other = tiny_recipe(tmp_path / "wide", corpus_dir, tokenizer_dir, steps=6, model={"d_model": 96})
+    other["init_from"] = str(model_dir)
+    with pytest.raises(ValueError, match="another config"):
+        make_trainer(other, write=False)
