@@ -135,8 +135,8 @@ def init_from_model_dir(path: Path, model: nn.Module) -> None:
     targets = dict(model.named_modules())
     for name, module in served.named_modules():
         if isinstance(module, BitLinear):
-            values = (module.weight / module.weight_scale).round()
-            latent = module.weight / values.abs().mean().clamp(min=module.eps)
+            values = module.weight  # the served form holds the ternary values t and their scale s
+            latent = values * (module.weight_scale / values.abs().mean().clamp(min=module.eps))
             targets[name].weight.copy_(latent)
             if module.bias is not None:
                 targets[name].bias.copy_(module.bias)

@@ -1,20 +1,20 @@
 """BitNet b1.58 linear layer: ternary weights, 8-bit activations, trained with the straight-through estimator.
 
-Training keeps a full-precision latent weight and fake-quantizes on the fly:
+Training keeps a full-precision latent weight and quantizes on the fly:
 
     x   -> RMSNorm (no learned scale)           so every token reaches the quantizer at the same scale
-        -> per-token absmax int8: round(x * 127 / max|x|) / (127 / max|x|)
-    W   -> absmean ternary: s = mean|W|, W_q = clamp(round(W / s), -1, 1) * s
-    y   =  x_q @ W_q^T (+ bias)
+        -> per-token absmax int8: a = 127 / max|x|, q = round(x * a)
+    W   -> absmean ternary: s = mean|W|, t = clamp(round(W / s), -1, 1)
+    y   =  (q @ t^T) * (s / a) (+ bias)
 
-The straight-through estimator is written as `q + (w - w.detach())`: its value is exactly `q` (w - w is
-exactly zero) and its gradient is the identity, so the fake-quant output is bit-identical to the serving
-computation.
+The product of integers comes first and the scales after, so the sums are exact in fp32 whatever order a
+matmul adds in: a CPU kernel that reads the 2-bit codes (ternary_linear.c) gives the very numbers the training
+path gives. The straight-through estimator passes the gradient unchanged through both quantizers: it is the
+gradient of x_q @ W_q^T with x_q = q / a and W_q = t * s.
 
 Serving packs the ternary values 2 bits each (four per byte along the input dimension, value + 1 in {0, 1, 2})
-with one fp32 scale per matrix. A layer restored from its packed form holds the dequantized weight
-`t * s`, the very tensor the training path multiplies with, and quantizes its input with the same arithmetic
-in fewer ops, so both give the same output bit for bit.
+with one fp32 scale per matrix. A layer restored from its packed form holds t (as floats, for the matmul of a
+long prompt) and s, and gives the same output bit for bit as the training path.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import NanoPrimeConfig
+from model.modules import ternary_kernel
 from model.modules.norm import cast, rms_norm, upcast
 
 INIT_STD = 0.02
@@ -39,11 +40,51 @@ def ternarize(weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Ten
     return (wf / scale).round().clamp(-1, 1).to(weight.dtype), scale
 
 
+def activation_codes(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token absmax 8-bit quantization: integer codes q (as >= fp32 floats) and the scale a, q ~ x * a."""
+    xf = upcast(x)
+    scale = xf.abs().amax(dim=-1, keepdim=True).clamp(min=eps).reciprocal() * 127.0
+    return (xf * scale).round(), scale
+
+
 def quantize_activations(x: torch.Tensor, eps: float) -> torch.Tensor:
     """Per-token absmax fake quantization to 8 bits (the int8 grid mapped back to x's scale)."""
-    xf = upcast(x)
-    scale = 127.0 / xf.abs().amax(dim=-1, keepdim=True).clamp(min=eps)
-    return ((xf * scale).round().clamp(-128, 127) / scale).to(x.dtype)
+    codes, scale = activation_codes(x, eps)
+    return (codes / scale).to(x.dtype)
+
+
+def ternary_product(
+    x: torch.Tensor, values: torch.Tensor, scale: torch.Tensor, quantize: bool, eps: float
+) -> torch.Tensor:
+    """(q @ t^T) * (s / a) with quantized activations, else (x @ t^T) * s: training and serving share this."""
+    if not quantize:
+        return F.linear(x, values) * scale.to(x.dtype)
+    codes, act_scale = activation_codes(x, eps)
+    return cast(F.linear(codes.to(values.dtype), values) * (scale / act_scale), x.dtype)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """ternary_product forward; backward as if y = x_q @ (t * s)^T with both quantizers the identity."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float, quantize: bool) -> torch.Tensor:
+        values, scale = ternarize(weight, eps)
+        ctx.save_for_backward(x, values, scale)
+        ctx.eps, ctx.quantize = eps, quantize
+        return ternary_product(x, values, scale, quantize, eps)
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, values, scale = ctx.saved_tensors
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (grad @ values.to(grad.dtype)) * scale.to(grad.dtype)
+        if ctx.needs_input_grad[1]:
+            x_q = quantize_activations(x, ctx.eps) if ctx.quantize else x
+            grad_w = grad.reshape(-1, grad.shape[-1]).t() @ x_q.reshape(-1, x.shape[-1]).to(grad.dtype)
+        return grad_x, grad_w, None, None
 
 
 def straight_through(quantized: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
@@ -118,8 +159,10 @@ class BitLinear(nn.Module):
         self.quantize_activations = quantize_activations
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-        # Set only in the serving form: then `weight` already holds the dequantized ternary values t * s.
+        # Set only in the serving form: then `weight` holds the ternary values t (frozen), this their scale s.
         self.register_buffer("weight_scale", None)
+        self._kernel_blocks: torch.Tensor | None = None  # t in the CPU kernel's layout, when it is available
+        self._kernel_scale = 0.0  # s as a Python float for the kernel call
         nn.init.normal_(self.weight, std=INIT_STD)
 
     @property
@@ -127,43 +170,51 @@ class BitLinear(nn.Module):
         return self.weight_scale is not None
 
     def quantized_weight(self) -> torch.Tensor:
-        """The weight the layer multiplies with: t * s (differentiable to the latent weight when training)."""
-        if self.is_packed:
-            return self.weight
-        values, scale = ternarize(self.weight, self.eps)
-        return straight_through(values * scale.to(values.dtype), self.weight)
+        """The matrix W_q = t * s the layer multiplies with (no gradient; for weight absorption)."""
+        with torch.no_grad():
+            if self.is_packed:
+                return self.weight * self.weight_scale.to(self.weight.dtype)
+            values, scale = ternarize(self.weight, self.eps)
+            return values * scale.to(values.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.is_packed:
-            return F.linear(self._serving_input(x), self.weight, self.bias)
         if self.input_norm:
             x = rms_norm(x, self.eps)
-        if self.quantize_activations:
-            x = straight_through(quantize_activations(x, self.eps), x)
-        return F.linear(x, self.quantized_weight(), self.bias)
+        if not self.is_packed:
+            y = _StraightThrough.apply(x, self.weight, self.eps, self.quantize_activations)
+        elif self._kernel_blocks is not None and self._kernel_fits(x):
+            bias = None if self.bias is None else self.bias.detach()
+            return ternary_kernel.ternary_linear(
+                x, self._kernel_blocks, self.out_features, self._kernel_scale, bias, self.eps
+            )
+        else:
+            y = ternary_product(x, self.weight, self.weight_scale, self.quantize_activations, self.eps)
+        return y if self.bias is None else y + self.bias
 
-    def _serving_input(self, x: torch.Tensor) -> torch.Tensor:
-        """What the training path hands to F.linear, bit for bit, in fewer ops (decoding runs this per token).
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 (nn.Module's signature)
+        """Module.to(dtype) and friends leave the scale s in fp32: it is part of the exact arithmetic."""
+        scale = self.weight_scale
+        super()._apply(fn, recurse)
+        if scale is not None:
+            self.weight_scale = scale.to(device=self.weight.device, dtype=torch.float32)
+        return self
 
-        Three things of the training path have no effect on the value and are left out: the straight-through
-        terms add an exact zero, the int8 clamp never binds (|x| * 127 / max|x| stays below 127.5 after
-        rounding), and the clamped absmax is inverted as torch computes `127.0 / t`: t.reciprocal() * 127.
-        """
-        if self.input_norm:
-            x = rms_norm(x, self.eps)
-        if not self.quantize_activations:
-            return x
-        xf = upcast(x)
-        scale = xf.abs().amax(dim=-1, keepdim=True).clamp_(min=self.eps).reciprocal_().mul_(127.0)
-        return cast((xf * scale).round_().div_(scale), x.dtype)
+    def _kernel_fits(self, x: torch.Tensor) -> bool:
+        """The kernel serves fp32 CPU inputs of a few rows (decoding); long prompts go to torch's matmul."""
+        return (
+            x.dtype == torch.float32
+            and x.device.type == "cpu"
+            and x.numel() <= ternary_kernel.MAX_ROWS * self.in_features
+            and not (x.requires_grad and torch.is_grad_enabled())
+            and (self.bias is None or self.bias.dtype == torch.float32)
+        )
 
     # ---- serving form --------------------------------------------------------------------------------------
     def pack(self) -> PackedTernary:
         """The 2-bit packed ternary weight and its fp32 scale."""
         with torch.no_grad():
             if self.is_packed:
-                scale = self.weight_scale.float()
-                values = (self.weight.float() / scale).round()
+                scale, values = self.weight_scale.float(), self.weight.float()
             else:
                 values, scale = ternarize(self.weight, self.eps)
             return PackedTernary(
@@ -186,8 +237,14 @@ class BitLinear(nn.Module):
             raise ValueError(f"packed weight scale must be one positive finite number, got {packed.scale}")
         scale = packed.scale.reshape(()).to(device=self.weight.device, dtype=torch.float32)
         values = unpack_ternary(packed.data.to(self.weight.device), self.in_features)
-        self.weight = nn.Parameter((values.float() * scale).to(self.weight.dtype), requires_grad=False)
+        self.weight = nn.Parameter(values.to(self.weight.dtype), requires_grad=False)
         self.weight_scale = scale
+        self._kernel_scale = float(scale)
+        self._kernel_blocks = (
+            ternary_kernel.pack_blocks(values)
+            if self.quantize_activations and values.device.type == "cpu" and ternary_kernel.enabled()
+            else None
+        )
 
     @classmethod
     def from_packed(

@@ -214,7 +214,8 @@ def test_init_from_starts_at_the_exported_model_and_fine_tunes_it(
     layers = dict(served.named_modules())
     for name, module in tuned.model.named_modules():
         if isinstance(module, BitLinear):  # the same ternary matrices, scales equal to within rounding
-            assert torch.allclose(module.quantized_weight(), layers[name].weight, rtol=1e-6, atol=0)
+            expected = layers[name].quantized_weight()
+            assert torch.allclose(module.quantized_weight(), expected, rtol=1e-6, atol=0)
     ids = torch.tensor([tokenizer.encode("Once upon a time, there was a dog named Max.")])
     with torch.no_grad():
         tuned.model.eval()

@@ -1,0 +1,140 @@
+"""The CPU decode kernel of BitLinear (ternary_linear.c): built on first use, called through ctypes.
+
+Decoding multiplies one row per sequence by every weight matrix, so its speed is the bytes it reads: the
+2-bit codes are 16x fewer than the fp32 matrix the torch path multiplies with, and one call replaces the
+dozen small torch ops of the activation quantizer. The kernel gives the same numbers bit for bit as the torch
+path (integer sums, then the same fp32 scaling), so whether it runs changes speed only.
+
+The library is compiled with the system C compiler (`cc`, or $CC) for this CPU into $NANOPRIME_KERNEL_DIR
+(default ~/.cache/nanoprime); without a compiler, or with NANOPRIME_KERNEL=0, layers use the torch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("ternary_linear.c")
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-shared", "-fPIC"]
+BLOCK_INPUTS = 128
+MAX_ROWS = 64  # above this the torch path's multithreaded matmul wins (prefill)
+
+
+def enabled() -> bool:
+    """Whether the kernel is wanted (NANOPRIME_KERNEL=0 turns it off) and could be built here."""
+    return os.environ.get("NANOPRIME_KERNEL", "1") != "0" and library() is not None
+
+
+def library() -> ctypes.CDLL | None:
+    """The kernel compiled for this CPU, built the first time; None where no C compiler is available."""
+    return build(tuple(FLAGS))
+
+
+@functools.cache
+def build(flags: tuple[str, ...]) -> ctypes.CDLL | None:
+    """ternary_linear.c compiled with `flags` (cached on disk by source and flags); None if that fails."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        log.info("no C compiler: BitLinear decodes with the torch path")
+        return None
+    source = SOURCE.read_bytes()
+    identity = " ".join([compiler, *flags, platform.machine(), _cpu_flags()])
+    key = hashlib.sha256(source + identity.encode()).hexdigest()
+    directory = Path(os.environ.get("NANOPRIME_KERNEL_DIR", Path.home() / ".cache" / "nanoprime"))
+    target = directory / f"ternary_linear-{key[:16]}.so"
+    if not target.is_file():
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=directory) as scratch:
+                built = Path(scratch) / target.name
+                subprocess.run(
+                    [compiler, *flags, str(SOURCE), "-o", str(built), "-lm"],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
+                os.replace(built, target)  # atomic: concurrent builders never load a half-written file
+        except (OSError, subprocess.CalledProcessError) as error:
+            detail = getattr(error, "stderr", "") or str(error)
+            log.warning("building the BitLinear kernel failed, using the torch path: %s", detail.strip())
+            return None
+    lib = ctypes.CDLL(str(target))
+    lib.nanoprime_ternary_linear.restype = ctypes.c_int
+    lib.nanoprime_ternary_linear.argtypes = [
+        ctypes.c_void_p,  # x (rows, in) fp32
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_void_p,  # weight blocks
+        ctypes.c_int64,
+        ctypes.c_float,  # weight scale
+        ctypes.c_void_p,  # bias or NULL
+        ctypes.c_float,  # eps
+        ctypes.c_void_p,  # y (rows, out) fp32
+    ]
+    return lib
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature list where Linux gives it: a -march=native library is for this CPU only."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return platform.processor()
+    return next((line for line in text.splitlines() if line.startswith(("flags", "Features"))), "")
+
+
+def pack_blocks(values: torch.Tensor) -> torch.Tensor:
+    """(out, in) ternary values -> the kernel's layout: (out / 2, blocks, 2, 32) uint8 codes t + 1."""
+    out_features, in_features = values.shape
+    pad_in, pad_out = (-in_features) % BLOCK_INPUTS, out_features % 2
+    codes = F.pad(values.round().to(torch.int16) + 1, (0, pad_in, 0, pad_out), value=1).to(torch.uint8)
+    codes = codes.view(out_features + pad_out, -1, 4, 32)  # [row, block, k, j]: input 128 block + 32 k + j
+    packed = codes[:, :, 0] | codes[:, :, 1] << 2 | codes[:, :, 2] << 4 | codes[:, :, 3] << 6
+    return packed.view(-1, 2, packed.shape[1], 32).transpose(1, 2).contiguous()  # rows 2p, 2p + 1 alternate
+
+
+def ternary_linear(
+    x: torch.Tensor,
+    blocks: torch.Tensor,
+    out_features: int,
+    scale: float,
+    bias: torch.Tensor | None,
+    eps: float,
+    lib: ctypes.CDLL | None = None,
+) -> torch.Tensor:
+    """The quantized layer on x (..., in) fp32, as the torch path computes it; see ternary_linear.c.
+
+    `lib` picks another build of the kernel (tests compare the portable builds); default: library().
+    """
+    lib = lib or library()
+    if lib is None:
+        raise RuntimeError("the BitLinear kernel is not available (check enabled() first)")
+    flat = x.reshape(-1, x.shape[-1]).contiguous()
+    y = torch.empty(flat.shape[0], out_features, dtype=torch.float32)
+    status = lib.nanoprime_ternary_linear(
+        flat.data_ptr(),
+        flat.shape[0],
+        flat.shape[1],
+        blocks.data_ptr(),
+        out_features,
+        scale,
+        None if bias is None else bias.data_ptr(),
+        eps,
+        y.data_ptr(),
+    )
+    if status != 0:
+        raise MemoryError("the BitLinear kernel could not allocate its activation buffer")
+    return y.view(*x.shape[:-1], out_features)
