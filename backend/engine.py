@@ -41,6 +41,7 @@ from model.generation import (
 from model.state import InferenceState
 
 DEFAULT_STATE_CACHE_BYTES = 256 * 2**20
+DEFAULT_PREFILL_TOKENS = 256  # a prefill between two decode steps costs about as much as 20 steps (pocket)
 
 
 class EngineBusy(RuntimeError):
@@ -234,17 +235,22 @@ class Engine:
         max_batch_size: int = 16,
         max_queue: int = 64,
         state_cache_bytes: int = DEFAULT_STATE_CACHE_BYTES,
+        prefill_tokens: int = DEFAULT_PREFILL_TOKENS,
     ) -> None:
+        """`prefill_tokens`: the prompt tokens one prefill takes before it stops taking more requests."""
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {max_queue}")
         if state_cache_bytes < 0:
             raise ValueError(f"state_cache_bytes must be >= 0, got {state_cache_bytes}")
+        if prefill_tokens < 1:
+            raise ValueError(f"prefill_tokens must be >= 1, got {prefill_tokens}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
+        self.prefill_tokens = prefill_tokens
         self.max_seq_len: int = model.config.max_seq_len
         self.states = StateCache(state_cache_bytes)
         self._device = next(model.parameters()).device
@@ -343,58 +349,92 @@ class Engine:
     def _admit(self) -> None:
         """Prefill waiting requests into free slots; wait briefly for work when there is nothing to do.
 
-        While a batch is decoding, one request is prefilled between two decode steps: a burst of new requests
-        then delays each running answer by one prefill at a time instead of by all of them together.
+        Waiting requests are prefilled together in one padded forward, taken in order until their prompts
+        reach `prefill_tokens` tokens (at least one request, so one prompt may go past it). One such prefill
+        runs between two decode steps: a burst of new requests delays each running answer by a bounded
+        amount instead of by all of them together, and is prefilled in a few batched forwards, not one by one.
         """
-        while len(self._active) < self.max_batch_size and not self._stop.is_set():
+        if len(self._active) >= self.max_batch_size or self._stop.is_set():
+            return
+        if not (self._active or self._warmups):
+            self._busy = False
             try:
-                if self._active or self._warmups:
-                    request = self._queue.get_nowait()
-                else:
-                    self._busy = False
-                    try:
-                        request = self._queue.get(timeout=0.05)
-                    finally:
-                        self._busy = True
+                first = self._queue.get(timeout=0.05)
             except queue.Empty:
                 return
-            decoding = bool(self._active)
-            try:
-                if request.handle.cancelled:
-                    self._finish_unstarted(request, time.perf_counter())
-                else:
-                    self._prefill(request)
-            except Exception as error:  # a failed prefill fails its request, not the engine
-                request.handle._put(Failed(f"generation failed: {error}"))
             finally:
-                self._count_in_flight(-1)
-            if decoding:
-                return
-
-    def _prefill(self, request: _Request) -> None:
-        started = time.perf_counter()
-        prompt = request.prompt_ids
-        kept, state = self.states.longest_prefix(prompt) if self.states.max_bytes else (0, None)
-        if state is None:
-            state = self.model.new_state(batch_size=1)
-        new_ids = torch.tensor([prompt[kept:]], dtype=torch.long, device=self._device)
-        logits, state = self.model(new_ids, state, last_only=True)
-        if self.states.max_bytes:
-            self.states.put(prompt, state.clone())
-        params = request.params
-        seq = _Sequence(
-            request=request,
-            turn=TurnDecoder(self.tokenizer, params, max_tokens=self.max_seq_len - len(prompt) + 1),
-            generator=params.make_generator(),
-            started=started,
-            seen=set(prompt) if params.repetition_penalty != 1.0 else set(),
-        )
-        self._accept(seq, self._choose([seq], logits[:, -1])[0])
-        if seq.turn.finish_reason is not None:
-            self._finish(seq, state, seq.turn.finish_reason)
+                self._busy = True
+            requests = [first]
+        else:
+            requests = []
+        tokens = sum(len(r.prompt_ids) for r in requests)
+        while len(self._active) + len(requests) < self.max_batch_size and tokens < self.prefill_tokens:
+            try:
+                request = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            requests.append(request)
+            tokens += len(request.prompt_ids)
+        if not requests:
             return
-        self._batch = state if self._batch is None else InferenceState.concat([self._batch, state])
-        self._active.append(seq)
+        started = time.perf_counter()
+        live = []
+        for request in requests:
+            if request.handle.cancelled:
+                self._finish_unstarted(request, started)
+                self._count_in_flight(-1)
+            else:
+                live.append(request)
+        if not live:
+            return
+        try:
+            self._prefill(live, started)
+        except Exception as error:  # a failed prefill fails its requests, not the engine
+            for request in live:
+                request.handle._put(Failed(f"generation failed: {error}"))
+        finally:
+            self._count_in_flight(-len(live))
+
+    def _prefill(self, requests: list[_Request], started: float) -> None:
+        """One forward over the new prompt tokens of every request (right-padded), then their first tokens.
+
+        Each request continues the longest kept state its prompt extends, or starts from an empty one.
+        """
+        states, new_ids = [], []
+        for request in requests:
+            prompt = request.prompt_ids
+            kept, state = self.states.longest_prefix(prompt) if self.states.max_bytes else (0, None)
+            states.append(state if state is not None else self.model.new_state(batch_size=1))
+            new_ids.append(prompt[kept:])
+        width = max(len(ids) for ids in new_ids)
+        lengths = torch.tensor([len(ids) for ids in new_ids], device=self._device)
+        padded = [ids + [self.tokenizer.eos_id] * (width - len(ids)) for ids in new_ids]
+        batch = states[0] if len(states) == 1 else InferenceState.concat(states)
+        logits, batch = self.model(
+            torch.tensor(padded, dtype=torch.long, device=self._device),
+            batch,
+            lengths=lengths if bool((lengths < width).any()) else None,
+            last_only=True,
+        )
+        for row, request in enumerate(requests):
+            state = batch if len(requests) == 1 else batch.select([row])
+            prompt = request.prompt_ids
+            if self.states.max_bytes:
+                self.states.put(prompt, state.clone())
+            params = request.params
+            seq = _Sequence(
+                request=request,
+                turn=TurnDecoder(self.tokenizer, params, max_tokens=self.max_seq_len - len(prompt) + 1),
+                generator=params.make_generator(),
+                started=started,
+                seen=set(prompt) if params.repetition_penalty != 1.0 else set(),
+            )
+            self._accept(seq, self._choose([seq], logits[row : row + 1, -1])[0])
+            if seq.turn.finish_reason is not None:
+                self._finish(seq, state, seq.turn.finish_reason)
+                continue
+            self._batch = state if self._batch is None else InferenceState.concat([self._batch, state])
+            self._active.append(seq)
 
     def _step(self) -> None:
         """Drop cancelled sequences, then decode one token for every active sequence."""

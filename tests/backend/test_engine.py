@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 import torch
@@ -128,27 +127,66 @@ def test_four_prompts_batched_equal_each_alone(make_engine):
     assert len(set(map(tuple, alone))) == 4  # four different continuations, so rows cannot be mixed up
 
 
-def test_a_burst_of_new_requests_joins_one_per_decode_step(make_engine):
-    """A running answer is delayed by one prefill at a time, not by the whole burst before its next token."""
-    engine = make_engine(start=False, max_batch_size=16, state_cache_bytes=0)
-    running = engine.submit(chat(PROMPTS[0]), greedy(64, ignore_eos=True))
-    burst = [
-        engine.submit(chat(f"{text} {k}"), greedy(64, ignore_eos=True)) for k in range(2) for text in PROMPTS
-    ]
+def test_a_burst_of_new_requests_is_prefilled_in_batches_between_decode_steps(
+    make_engine, model_and_tokenizer
+):
+    """Each prefill takes waiting prompts until they reach prefill_tokens; a decode step runs between two.
+
+    The worker loop is driven by hand (admit, step, admit, ...) so that the batches are exact.
+    """
+    prompts = [chat(f"{text} {k}") for k in range(3) for text in PROMPTS]
+    lengths = [len(model_and_tokenizer[1].encode_chat(p)) for p in prompts]
+    budget = lengths[0] + lengths[1] + 1  # three prompts per prefill (the third goes past the budget)
+    engine = make_engine(start=False, max_batch_size=16, state_cache_bytes=0, prefill_tokens=budget)
+    handles = [engine.submit(p, greedy(16, ignore_eos=True)) for p in prompts]
+    expected, taken, tokens = [], 0, 0
+    for length in lengths:  # the documented rule, applied to the queue
+        taken, tokens = taken + 1, tokens + length
+        if tokens >= budget:
+            expected.append(taken)
+            taken, tokens = 0, 0
+    expected += [taken] if taken else []
+    assert len(expected) >= 3 and max(expected) > 1
+
+    batches = []
+    with torch.inference_mode():
+        while len(batches) < len(expected):
+            before = len(engine._active)
+            engine._admit()
+            batches.append(len(engine._active) - before)
+            engine._step()
+        assert [len(h.output_ids) for h in handles] == [
+            len(expected) - group + 1 for group, size in enumerate(expected) for _ in range(size)
+        ]  # each group's first token came from its prefill, then one per decode step after it
+        while engine._active:
+            engine._step()
+    assert batches == expected
+    assert all(len(h.output_ids) == 16 for h in handles)
+
+
+def test_batched_prefill_gives_what_one_at_a_time_gives(make_engine, float64_model):
+    """Prompts of different lengths prefilled together (padded) give the tokens each gives alone (greedy).
+
+    In float64 (see float64_model): a padded batch and a single row may round differently in fp32.
+    """
+    prompts = [chat(text * (k + 1)) for k, text in enumerate(PROMPTS)]
+    solo = make_engine(model=float64_model, max_batch_size=1, state_cache_bytes=0)
+    alone = []
+    for prompt in prompts:
+        handle = solo.submit(prompt, greedy(24))
+        collect(handle)
+        alone.append(handle.output_ids)
+    engine = make_engine(
+        start=False, model=float64_model, max_batch_size=8, state_cache_bytes=0, prefill_tokens=10_000
+    )
+    handles = [engine.submit(p, greedy(24)) for p in prompts]
+    with torch.inference_mode():
+        engine._admit()
+        assert len(engine._active) == len(prompts)  # one prefill took them all
     engine.start()
-    seen: dict[int, int] = {}  # newcomer -> the running answer's tokens when its first token appeared
-    deadline = time.monotonic() + 60
-    while len(seen) < len(burst):  # watch all newcomers at once, so no first token is noticed late
-        assert time.monotonic() < deadline, "a newcomer got no token within 60 s"
-        for k, handle in enumerate(burst):
-            if k not in seen and handle.output_ids:
-                seen[k] = len(running.output_ids)
-        time.sleep(0.0002)  # let the worker thread have the GIL
-    tokens_of_the_running_answer = [seen[k] for k in range(len(burst))]
-    # the first newcomer joins right after the running answer's prefill, then one more per decode step
-    assert tokens_of_the_running_answer[-1] >= len(burst), tokens_of_the_running_answer
-    for handle in [running, *burst]:
-        assert collect(handle)[2].finish_reason == "length" and len(handle.output_ids) == 64
+    for handle in handles:
+        collect(handle)
+    assert [h.output_ids for h in handles] == alone
 
 
 def test_seeded_sampling_is_the_same_alone_and_batched(make_engine):
