@@ -57,7 +57,7 @@ class Attention(nn.Module):
         self.head_dim = config.d_model // config.n_heads
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
         self.o_proj = nn.Linear(config.d_model, config.d_model, bias=False)
-        self.rotary = RotaryEmbedding(self.head_dim, config.rope_theta)
+        self.rotary = RotaryEmbedding(self.head_dim, config.max_seq_len, config.rope_theta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, steps, width = x.shape

@@ -163,6 +163,7 @@ class BitLinear(nn.Module):
         self.register_buffer("weight_scale", None)
         self._kernel_blocks: torch.Tensor | None = None  # t in the CPU kernel's layout, when it is available
         self._kernel_scale = 0.0  # s as a Python float for the kernel call
+        self._dense: torch.Tensor | None = None  # t * s, kept by the serving form once asked for
         nn.init.normal_(self.weight, std=INIT_STD)
 
     @property
@@ -170,12 +171,17 @@ class BitLinear(nn.Module):
         return self.weight_scale is not None
 
     def quantized_weight(self) -> torch.Tensor:
-        """The matrix W_q = t * s the layer multiplies with (no gradient; for weight absorption)."""
-        with torch.no_grad():
-            if self.is_packed:
-                return self.weight * self.weight_scale.to(self.weight.dtype)
-            values, scale = ternarize(self.weight, self.eps)
-            return values * scale.to(values.dtype)
+        """The matrix W_q = t * s the layer multiplies with (no gradient; for weight absorption).
+
+        The serving form computes it once: MLA's decoding step asks for it in every layer, every token.
+        """
+        if self._dense is None or not self.is_packed:
+            with torch.no_grad():
+                if not self.is_packed:
+                    values, scale = ternarize(self.weight, self.eps)
+                    return values * scale.to(values.dtype)
+                self._dense = self.weight * self.weight_scale.to(self.weight.dtype)
+        return self._dense
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_norm:
@@ -194,6 +200,7 @@ class BitLinear(nn.Module):
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 (nn.Module's signature)
         """Module.to(dtype) and friends leave the scale s in fp32: it is part of the exact arithmetic."""
         scale = self.weight_scale
+        self._dense = None
         super()._apply(fn, recurse)
         if scale is not None:
             self.weight_scale = scale.to(device=self.weight.device, dtype=torch.float32)
@@ -239,6 +246,7 @@ class BitLinear(nn.Module):
         values = unpack_ternary(packed.data.to(self.weight.device), self.in_features)
         self.weight = nn.Parameter(values.to(self.weight.dtype), requires_grad=False)
         self.weight_scale = scale
+        self._dense = None
         self._kernel_scale = float(scale)
         self._kernel_blocks = (
             ternary_kernel.pack_blocks(values)

@@ -118,20 +118,21 @@ def ssd_chunk_scan(
 @fp32_state_math
 def ssd_step(
     state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One recurrent step in fp32: state (b, H, P, N), x (b, H, P), dt (b, H), B and C (b, G, N).
+) -> torch.Tensor:
+    """One recurrent step in fp32, updating `state` (b, H, P, N, fp32) in place: x (b, H, P), dt (b, H),
+    B and C (b, G, N). Returns y (b, H, P), without the D skip.
 
-    Returns (y (b, H, P), new state), without the D skip.
+    In place because a decoding batch's states are the step's largest tensors: new ones for the decayed state,
+    the input term and their sum would triple its memory traffic.
     """
     heads, groups = x.shape[1], B.shape[1]
     B, C = fp32(B), fp32(C)
     if groups > 1:  # head h reads group h // (H // G); a single group broadcasts over the heads as it is
         B, C = B.repeat_interleave(heads // groups, dim=1), C.repeat_interleave(heads // groups, dim=1)
     dt = fp32(dt)
-    decay = torch.exp(dt * fp32(A))[..., None, None]
-    state = decay * fp32(state) + (dt[..., None] * fp32(x))[..., None] * B[:, :, None, :]
-    y = (state @ C.unsqueeze(-1)).squeeze(-1)  # C_t . h_t for every head and channel
-    return y, state
+    state.mul_(torch.exp(dt * fp32(A))[..., None, None])
+    state.addcmul_((dt[..., None] * fp32(x))[..., None], B[:, :, None, :])
+    return (state * C[:, :, None, :]).sum(-1)  # C_t . h_t per head and channel (faster than a bmm here)
 
 
 class GatedRMSNorm(nn.Module):
@@ -220,11 +221,10 @@ class Mamba2(nn.Module):
             if new_lengths is not None:
                 dt = dt * real_token_mask(new_lengths, length, x.device)[..., None]
             if length == 1:
-                y, state = ssd_step(cache.ssm, xs[:, 0], dt[:, 0], A, B[:, 0], C[:, 0])
-                y = y[:, None]
+                y = ssd_step(cache.ssm, xs[:, 0], dt[:, 0], A, B[:, 0], C[:, 0])[:, None]
             else:
                 y, state = ssd_chunk_scan(xs, dt, A, B, C, self.chunk_size, cache.ssm)
-            cache.ssm.copy_(state)
+                cache.ssm.copy_(state)
 
         y = y + fp32(xs) * fp32(self.D)[:, None]
         y = self.norm(y.flatten(-2), z)

@@ -136,7 +136,7 @@ class MLA(nn.Module):
             quantize_activations=False,
         )
         self.o_proj = make_linear(config, c.n_heads * c.v_head_dim, config.d_model)
-        self.rotary = RotaryEmbedding(c.rope_dim, c.rope_theta)
+        self.rotary = RotaryEmbedding(c.rope_dim, config.max_seq_len, c.rope_theta)
 
     def new_cache(
         self, batch_size: int, device: torch.device | str, dtype: torch.dtype = torch.float32

@@ -118,16 +118,19 @@ def ternary_linear(
     """The quantized layer on x (..., in) fp32, as the torch path computes it; see ternary_linear.c.
 
     `lib` picks another build of the kernel (tests compare the portable builds); default: library().
+    Decoding calls this a few dozen times per token, so it makes as few torch calls as it can.
     """
     lib = lib or library()
     if lib is None:
         raise RuntimeError("the BitLinear kernel is not available (check enabled() first)")
-    flat = x.reshape(-1, x.shape[-1]).contiguous()
-    y = torch.empty(flat.shape[0], out_features, dtype=torch.float32)
+    if not x.is_contiguous():
+        x = x.contiguous()
+    in_features = x.shape[-1]
+    y = torch.empty((*x.shape[:-1], out_features), dtype=torch.float32)
     status = lib.nanoprime_ternary_linear(
-        flat.data_ptr(),
-        flat.shape[0],
-        flat.shape[1],
+        x.data_ptr(),
+        x.numel() // in_features if in_features else 0,
+        in_features,
         blocks.data_ptr(),
         out_features,
         scale,
@@ -137,4 +140,4 @@ def ternary_linear(
     )
     if status != 0:
         raise MemoryError("the BitLinear kernel could not allocate its activation buffer")
-    return y.view(*x.shape[:-1], out_features)
+    return y

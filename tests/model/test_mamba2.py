@@ -60,7 +60,8 @@ def test_ssd_step_matches_transformers():
     torch.manual_seed(2)
     x, dt, A, B, C, state = ssd_inputs(3, 1)
     heads, head_dim, states = x.shape[2], x.shape[3], B.shape[-1]
-    y, new_state = ssd_step(state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0])
+    new_state = state.clone()
+    y = ssd_step(new_state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0])  # updates new_state in place
     state_ref = state.clone()
     y_ref = mamba2_selective_state_update(
         state_ref,
@@ -77,9 +78,18 @@ def test_ssd_step_matches_transformers():
 def test_ssd_scan_and_step_stay_fp32_under_autocast():
     torch.manual_seed(5)
     x, dt, A, B, C, h0 = ssd_inputs(2, 37)
-    expected = ssd_chunk_scan(x, dt, A, B, C, 8, h0) + ssd_step(h0, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0])
+
+    def scan_and_step() -> tuple[torch.Tensor, ...]:
+        state = h0.clone()  # the step updates it in place
+        return (
+            *ssd_chunk_scan(x, dt, A, B, C, 8, h0),
+            ssd_step(state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0]),
+            state,
+        )
+
+    expected = scan_and_step()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = ssd_chunk_scan(x, dt, A, B, C, 8, h0) + ssd_step(h0, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0])
+        got = scan_and_step()
     for g, e in zip(got, expected, strict=True):
         assert g.dtype == torch.float32
         torch.testing.assert_close(g, e, atol=1e-6, rtol=0)

@@ -160,7 +160,8 @@ def test_cache_holds_the_normalised_latent_and_rotated_rope_key_only():
     with torch.no_grad():
         latent, k_rope = layer.kv_a(x).split((layer.kv_lora_rank, layer.rope_dim), dim=-1)
         torch.testing.assert_close(cache.latent[:, :6], layer.kv_norm(latent))
-        cos, sin = layer.rotary(torch.arange(6))
+        angles = torch.arange(6).float().unsqueeze(-1) * layer.rotary.inv_freq
+        cos, sin = angles.cos(), angles.sin()
         half = layer.rope_dim // 2
         rotated = k_rope * cos + torch.cat((-k_rope[..., half:], k_rope[..., :half]), -1) * sin
         torch.testing.assert_close(cache.k_rope[:, :6], rotated)
