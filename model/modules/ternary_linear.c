@@ -5,14 +5,15 @@
  *     q = round_half_even(x * a)            int8 (the [-128, 127] clamp never binds)
  *     y = float(sum_i q_i t_i) * (s / a) (+ bias)
  * The integer sums are exact in fp32 for these sizes, so the result is the same bit for bit as torch's fp32
- * matmul of the same integers; the file is compiled with -ffp-contract=off so that y is not fused into an FMA.
+ * matmul of the same integers; the file is compiled with -ffp-contract=off so y is not fused into an FMA.
  *
- * Weight layout (made by model/modules/ternary_kernel.py): blocks of 128 inputs in 32 bytes; byte j of a block
- * holds the codes t + 1 of inputs j, j + 32, j + 64 and j + 96 at bits 0, 2, 4 and 6, so one shift and one
- * mask give 32 consecutive codes. The blocks of output rows 2p and 2p + 1 alternate ([p][block][2][32]), so
- * one 64-byte load feeds both halves of a 512-bit register. Padding has code 1 (t = 0) and q = 0.
+ * Weight layout (made by model/modules/ternary_kernel.py): blocks of 128 inputs in 32 bytes; byte j of a
+ * block holds the codes t + 1 of inputs j, j + 32, j + 64 and j + 96 at bits 0, 2, 4 and 6, so one shift
+ * and one mask give 32 consecutive codes. The blocks of output rows 2p and 2p + 1 alternate
+ * ([p][block][2][32]), so one 64-byte load feeds both halves of a 512-bit register. Padding has code 1
+ * (t = 0) and q = 0.
  *
- * Each 32-byte code vector is unpacked once and used for a group of up to four activation rows, whose sums
+ * Each 32-byte code vector is unpacked once and used for a group of up to eight activation rows, whose sums
  * stay in registers: decoding a batch costs little more weight traffic than decoding one sequence.
  */
 #include <math.h>
@@ -26,7 +27,7 @@
 #define BLOCK_INPUTS 128
 #define BLOCK_BYTES 32
 
-#define GROUP 4 /* activation rows sharing one unpacked weight block */
+#define GROUP 8 /* activation rows sharing one unpacked weight block */
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 static inline int32_t sum256(__m256i v) {
@@ -37,8 +38,9 @@ static inline int32_t sum256(__m256i v) {
 }
 
 /* sums[r][h] = sum_i code(2p + h, i) * q_r[i] for rows r < n of a group, output pair p. */
-static void pair_dot(const uint8_t *w, const int8_t *q, int64_t in_padded, int64_t nb, int n,
-                     int32_t sums[GROUP][2]) {
+static inline __attribute__((always_inline)) void pair_dot_rows(const uint8_t *w, const int8_t *q,
+                                                                int64_t in_padded, int64_t nb, int n,
+                                                                int32_t sums[GROUP][2]) {
     const __m512i mask = _mm512_set1_epi8(3);
     __m512i acc[GROUP];
     for (int r = 0; r < GROUP; r++) acc[r] = _mm512_setzero_si512();
@@ -48,9 +50,10 @@ static void pair_dot(const uint8_t *w, const int8_t *q, int64_t in_padded, int64
         for (int k = 0; k < 4; k++) codes[k] = _mm512_and_si512(_mm512_srli_epi16(packed, 2 * k), mask);
         for (int r = 0; r < n; r++) {
             const int8_t *qb = q + r * in_padded + b * BLOCK_INPUTS;
-            for (int k = 0; k < 4; k++)
-                acc[r] = _mm512_dpbusd_epi32(
-                    acc[r], codes[k], _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qb + 32 * k))));
+            for (int k = 0; k < 4; k++) {
+                const __m256i qk = _mm256_loadu_si256((const __m256i *)(qb + 32 * k));
+                acc[r] = _mm512_dpbusd_epi32(acc[r], codes[k], _mm512_broadcast_i64x4(qk));
+            }
         }
     }
     for (int r = 0; r < n; r++) {
@@ -60,8 +63,9 @@ static void pair_dot(const uint8_t *w, const int8_t *q, int64_t in_padded, int64
 }
 #else
 /* sums[r][h] = sum_i code(2p + h, i) * q_r[i] for rows r < n of a group, output pair p. */
-static void pair_dot(const uint8_t *w, const int8_t *q, int64_t in_padded, int64_t nb, int n,
-                     int32_t sums[GROUP][2]) {
+static inline __attribute__((always_inline)) void pair_dot_rows(const uint8_t *w, const int8_t *q,
+                                                                int64_t in_padded, int64_t nb, int n,
+                                                                int32_t sums[GROUP][2]) {
     for (int h = 0; h < 2; h++) {
 #if defined(__AVX2__)
         const __m256i mask = _mm256_set1_epi8(3);
@@ -77,9 +81,10 @@ static void pair_dot(const uint8_t *w, const int8_t *q, int64_t in_padded, int64
                 const int8_t *qb = q + r * in_padded + b * BLOCK_INPUTS;
                 /* u8 x s8 pairs into s16: |2 * 2 * 127| per pair, four of them far below 32767 */
                 __m256i sum16 = _mm256_setzero_si256();
-                for (int k = 0; k < 4; k++)
-                    sum16 = _mm256_add_epi16(
-                        sum16, _mm256_maddubs_epi16(codes[k], _mm256_loadu_si256((const __m256i *)(qb + 32 * k))));
+                for (int k = 0; k < 4; k++) {
+                    const __m256i qk = _mm256_loadu_si256((const __m256i *)(qb + 32 * k));
+                    sum16 = _mm256_add_epi16(sum16, _mm256_maddubs_epi16(codes[k], qk));
+                }
                 acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(sum16, ones));
             }
         }
@@ -105,6 +110,17 @@ static void pair_dot(const uint8_t *w, const int8_t *q, int64_t in_padded, int64
     }
 }
 #endif
+
+/* pair_dot_rows with n a compile-time constant in the common cases (one sequence, a full group). */
+static void pair_dot(const uint8_t *w, const int8_t *q, int64_t in_padded, int64_t nb, int n,
+                     int32_t sums[GROUP][2]) {
+    if (n == 1)
+        pair_dot_rows(w, q, in_padded, nb, 1, sums);
+    else if (n == GROUP)
+        pair_dot_rows(w, q, in_padded, nb, GROUP, sums);
+    else
+        pair_dot_rows(w, q, in_padded, nb, n, sums);
+}
 
 /* Quantize one row of x to int8 codes (padded with zeros to nb blocks); returns sum q, writes s / a. */
 static int32_t quantize_row(const float *x, int64_t in, int64_t nb, float eps, float scale, int8_t *q,
