@@ -87,11 +87,6 @@ class _StraightThrough(torch.autograd.Function):
         return grad_x, grad_w, None, None
 
 
-def straight_through(quantized: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
-    """Forward value exactly `quantized`, gradient passed unchanged to `latent`."""
-    return quantized.detach() + (latent - latent.detach())
-
-
 @dataclass
 class PackedTernary:
     """Serving form of one BitLinear weight: 2-bit codes (out, ceil(in / 4)) uint8 and an fp32 scale."""
