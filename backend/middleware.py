@@ -20,8 +20,15 @@ from backend.metrics import Metrics
 PROTECTED_PREFIXES = ("/api", "/v1", "/metrics", "/docs", "/redoc", "/openapi.json")
 
 
+CLIENT_CLOSED = 499  # the status nginx logs for a client that left before the response began
+
+
 class RequestMetrics:
-    """Counts every answered request by method, route template and status (after the inner layers ran)."""
+    """Counts every answered request by method, route template and status (after the inner layers ran).
+
+    A request whose client disconnected before the response began is counted as 499, not as the status the
+    route then returned to nobody (a non-streamed completion cancelled by the disconnect, for instance).
+    """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -32,16 +39,25 @@ class RequestMetrics:
             await self.app(scope, receive, send)
             return
         status = 500
+        started = left_first = False
+
+        async def receive_and_note() -> Message:
+            nonlocal left_first
+            message = await receive()
+            if message["type"] == "http.disconnect" and not started:
+                left_first = True
+            return message
 
         async def send_and_note(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
             await send(message)
 
         try:
-            await self.app(scope, receive, send_and_note)
+            await self.app(scope, receive_and_note, send_and_note)
         finally:
+            status = CLIENT_CLOSED if left_first else status
             route = scope.get("route")
             template = getattr(route, "path", None) or ("static" if status < 400 else "unmatched")
             self.metrics.requests.labels(scope["method"], template, str(status)).inc()

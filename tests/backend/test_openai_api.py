@@ -162,7 +162,12 @@ def wait_for_generations(client: httpx.Client, gauge: str, value: int, timeout: 
 def test_a_non_streamed_completion_whose_client_leaves_is_cancelled(
     client: httpx.Client, live_server: LiveServer
 ):
-    """Nothing is sent before the answer is whole, so only the connection tells that nobody waits for it."""
+    """Nothing is sent before the answer is whole, so only the connection tells that nobody waits for it.
+
+    The request metrics count it as 499 (client closed request), not as a 200 that nobody received.
+    """
+    closed = 'nanoprime_http_requests_total{method="POST",route="/v1/chat/completions",status="499"}'
+    closed_before = metric_or_zero(client.get("/metrics").text, closed)
     max_tokens = 2000
     body = {
         "model": "nanoprime",
@@ -181,6 +186,16 @@ def test_a_non_streamed_completion_whose_client_leaves_is_cancelled(
     assert metric(metrics, "nanoprime_generations_active") == 0
     generated = metric(metrics, "nanoprime_tokens_generated_total") - tokens_before
     assert 0 < generated < max_tokens // 4, f"{generated:.0f} of {max_tokens} tokens: it was not cancelled"
+    deadline = time.monotonic() + 10  # the route returns right after the cancellation; metrics follow it
+    while metric_or_zero(client.get("/metrics").text, closed) == closed_before:
+        assert time.monotonic() < deadline, "the abandoned request was not counted as 499"
+        time.sleep(0.05)
+    assert metric_or_zero(client.get("/metrics").text, closed) == closed_before + 1
+
+
+def metric_or_zero(text: str, name: str) -> float:
+    """A sample that may not exist yet (a label combination seen for the first time)."""
+    return metric(text, name) if any(line.startswith(name + " ") for line in text.splitlines()) else 0.0
 
 
 def test_models_list(oai: openai.OpenAI, live_server: LiveServer):
