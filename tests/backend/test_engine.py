@@ -320,6 +320,39 @@ def test_a_follow_up_turn_from_a_kept_state_equals_a_full_prefill(
     assert engine.states.hits == 2 and fresh.states.hits == 0
 
 
+def test_a_follow_up_and_a_new_chat_prefilled_together_equal_full_prefills(make_engine, float64_model):
+    """One prefill batch mixes a row that continues a kept state with a row that starts from nothing."""
+    engine = make_engine(model=float64_model)
+    first = chat(PROMPTS[0])
+    collect(engine.submit(first, greedy(12)))
+    assert engine.wait_idle(timeout=30)  # the turn, rendered back into the history, is kept now
+    engine.shutdown()
+    follow_up = [*first, {"role": "assistant", "content": "Una risposta."}, *chat("E poi? 🎉")]
+    requests = [follow_up, chat(PROMPTS[2])]
+    fresh = make_engine(model=float64_model, state_cache_bytes=0)
+    expected = []
+    for messages in requests:
+        handle = fresh.submit(messages, greedy(16))
+        collect(handle)
+        expected.append(handle.output_ids)
+
+    batched = Engine(float64_model, engine.tokenizer, state_cache_bytes=2**30)
+    batched.states = engine.states  # the kept states of the first engine
+    hits_before = batched.states.hits
+    handles = [batched.submit(messages, greedy(16)) for messages in requests]
+    with torch.inference_mode():
+        batched._admit()
+        assert len(batched._active) == 2  # one prefill took both
+    assert batched.states.hits == hits_before + 1  # the follow-up continued a kept state
+    batched.start()
+    try:
+        for handle in handles:
+            collect(handle)
+    finally:
+        batched.shutdown()
+    assert [h.output_ids for h in handles] == expected
+
+
 def test_an_edited_answer_in_the_history_reuses_the_prompt_state(
     make_engine, model_and_tokenizer, float64_model
 ):
