@@ -34,6 +34,7 @@ from backend.engine import Engine
 from model.checkpoint import load_model_dir, save_model_dir
 from model.config import NanoPrimeConfig, preset
 from model.generation import Done, SamplingParams, ThinkingDelta, TokenDelta
+from model.modules import ternary_kernel
 from model.nanoprime import NanoPrime
 from model.tokenizer import Tokenizer
 from training.tokenizer import train_tokenizer
@@ -291,13 +292,16 @@ def main() -> None:
         "nanoprime_parameters": nanoprime.num_parameters(),
         "llama_parameters": sum(p.numel() for p in llama.parameters()),
         "torch_threads": torch.get_num_threads(),
+        "bitlinear_decode_kernel": ternary_kernel.enabled(),  # NANOPRIME_KERNEL=0 measures the torch path
         "machine": platform.processor() or platform.machine(),
         "load_average_at_start": os.getloadavg()[0],
         "decode": [],
     }
 
     threads = torch.get_num_threads()
+    kernel = "C kernel" if results["bitlinear_decode_kernel"] else "torch path"
     print(f"decode, batch 1, median of {args.steps} steps after a prefill of the context ({threads} threads)")
+    print(f"BitLinear decoding: {kernel} (NANOPRIME_KERNEL=0 for the torch path)")
     header = ["context", "NanoPrime tok/s", "Llama tok/s", "speed-up", "NP bytes/token", "Llama bytes/token"]
     print(" ".join(f"{h:>{w}}" for h, w in zip(header, WIDTHS, strict=True)))
     for context in args.contexts:
