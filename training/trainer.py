@@ -441,7 +441,11 @@ class Trainer:
         section = self.recipe.card
         return {
             "name": section.name,
-            "description": "Trained with `python -m training train` (NanoPrime).",
+            "description": (
+                f"Fine-tuned from `{self.recipe.init_from}` with `python -m training train` (NanoPrime)."
+                if self.recipe.init_from
+                else "Trained with `python -m training train` (NanoPrime)."
+            ),
             "data": section.data or ", ".join(sorted(self.recipe.data.sources)),
             "licence": section.licence or "see the licences of the data sources",
             "phases": [

@@ -225,6 +225,7 @@ def test_init_from_starts_at_the_exported_model_and_fine_tunes_it(
     tuned.model.train()
     result = tuned.run()
     assert set(result.losses) == set(range(1, 7))  # a fresh run of its own steps, not a resume
+    assert f"Fine-tuned from `{model_dir}`" in (result.model_dir / "README.md").read_text()
 
     other = tiny_recipe(tmp_path / "wide", corpus_dir, tokenizer_dir, steps=6, model={"d_model": 96})
     other["init_from"] = str(model_dir)
