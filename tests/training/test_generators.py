@@ -55,32 +55,6 @@ def test_arithmetic_trace_steps_are_true_single_digit_facts() -> None:
                 assert int(total) % 10 == int(digit) and int(total) // 10 == int(out)
 
 
-def test_aligned_traces_have_one_shape_for_every_problem() -> None:
-    """aligned=True: operands padded to max_digits, max_digits columns, each a true single-digit fact."""
-    generator = ArithmeticGenerator(max_digits=3, ops=("+", "-"), aligned=True)
-    for task in _tasks(generator, 80):
-        assert generator.check(task, task.answer) and last_integer(task.thinking) == task.expected
-        lines = task.thinking.splitlines()
-        aligned = next(line for line in lines if line.startswith("Aligned: "))
-        top, sign, bottom = aligned.removeprefix("Aligned: ").split()
-        assert len(top) == len(bottom) == 3 and sign == task.kind
-        columns = [line for line in lines if line.startswith(("ones:", "tens:", "hundreds:"))]
-        assert [c.split(":")[0] for c in columns] == ["ones", "tens", "hundreds"]
-        for place, column in enumerate(columns):  # each column reads the aligned digits of its place
-            x, y = re.findall(r"-?\d+", column)[:2]
-            if task.kind == "+":
-                assert (x, y) == (top[2 - place], bottom[2 - place])
-            else:
-                assert int(y) == int(bottom[2 - place]) and int(x) in (
-                    int(top[2 - place]),
-                    int(top[2 - place]) - 1,
-                )
-        reading = lines[-1] if task.kind == "+" or task.expected >= 0 else lines[-2]
-        assert last_integer(reading) == abs(task.expected)
-    plain = ArithmeticGenerator(max_digits=3, ops=("+", "-"))
-    assert not any("Aligned" in t.thinking for t in _tasks(plain, 20))
-
-
 def test_counting_answers_pass_and_corruptions_fail() -> None:
     generator = CountingGenerator()
     tasks = _tasks(generator)

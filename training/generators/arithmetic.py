@@ -2,10 +2,6 @@
 
 The trace is the school method written out one column at a time (digit, carry or borrow), so a small model can
 learn an algorithm whose every step is a single-digit fact instead of memorising sums.
-
-With `aligned`, addition and subtraction first write both operands zero-padded to max_digits and always run
-max_digits columns: every trace then has the same shape, so the digit a column needs sits at the same distance
-from it in every problem, which a small model finds by position instead of by counting digits.
 """
 
 from __future__ import annotations
@@ -27,15 +23,10 @@ def _place(index: int) -> str:
     return _PLACES[index] if index < len(_PLACES) else f"column {index + 1}"
 
 
-def addition_trace(a: int, b: int, width: int = 0) -> list[str]:
-    """Column addition of two non-negative integers, least significant digit first.
-
-    `width` > 0: the operands are written zero-padded to it first and every one of its columns is worked.
-    """
-    da, db = f"{a:0{width}d}"[::-1], f"{b:0{width}d}"[::-1]
+def addition_trace(a: int, b: int) -> list[str]:
+    """Column addition of two non-negative integers, least significant digit first."""
+    da, db = str(a)[::-1], str(b)[::-1]
     lines = [f"Add {a} and {b} column by column from the right."]
-    if width:
-        lines.append(f"Aligned: {a:0{width}d} + {b:0{width}d}")
     carry, digits = 0, []
     for i in range(max(len(da), len(db))):
         x = int(da[i]) if i < len(da) else 0
@@ -49,22 +40,14 @@ def addition_trace(a: int, b: int, width: int = 0) -> list[str]:
     if carry:
         lines.append(f"the last carry {carry} becomes the leading digit")
         digits.append(str(carry))
-    lines.append(f"Reading the digits from the left: {_reading(digits, width)}")
+    lines.append(f"Reading the digits from the left: {int(''.join(reversed(digits)))}")
     return lines
 
 
-def _reading(digits: list[str], width: int) -> str:
-    """The result's digits, most significant first; an aligned trace also says what number they make."""
-    written = "".join(reversed(digits))
-    return f"{written} = {int(written)}" if width and written != str(int(written)) else str(int(written))
-
-
-def subtraction_trace(a: int, b: int, width: int = 0) -> list[str]:
-    """Column subtraction with borrowing of a - b for a >= b >= 0 (`width` as in addition_trace)."""
-    da, db = f"{a:0{width}d}"[::-1], f"{b:0{width}d}"[::-1]
+def subtraction_trace(a: int, b: int) -> list[str]:
+    """Column subtraction with borrowing of a - b for a >= b >= 0."""
+    da, db = str(a)[::-1], str(b)[::-1]
     lines = [f"Subtract {b} from {a} column by column from the right."]
-    if width:
-        lines.append(f"Aligned: {a:0{width}d} - {b:0{width}d}")
     borrow, digits = 0, []
     for i in range(len(da)):
         x = int(da[i]) - borrow
@@ -77,7 +60,7 @@ def subtraction_trace(a: int, b: int, width: int = 0) -> list[str]:
             lines.append(f"{_place(i)}: {x} - {y} = {x - y}")
             digits.append(str(x - y))
             borrow = 0
-    lines.append(f"Reading the digits from the left: {_reading(digits, width)}")
+    lines.append(f"Reading the digits from the left: {int(''.join(reversed(digits)))}")
     return lines
 
 
@@ -119,19 +102,12 @@ def multiplication_trace(a: int, b: int) -> list[str]:
 
 
 class ArithmeticGenerator:
-    """Random a op b with op in {+, -, ×}; sizes bounded by max_digits (and multiplier_digits for ×).
-
-    `aligned`: + and - traces pad the operands to max_digits (see the module docstring).
-    """
+    """Random a op b with op in {+, -, ×}; sizes bounded by max_digits (and multiplier_digits for ×)."""
 
     name = "arithmetic"
 
     def __init__(
-        self,
-        max_digits: int = 4,
-        multiplier_digits: int = 2,
-        ops: tuple[str, ...] = ("+", "-", "*"),
-        aligned: bool = False,
+        self, max_digits: int = 4, multiplier_digits: int = 2, ops: tuple[str, ...] = ("+", "-", "*")
     ):
         if max_digits < 1 or multiplier_digits < 1:
             raise ValueError("arithmetic generator: max_digits and multiplier_digits must be >= 1")
@@ -141,7 +117,6 @@ class ArithmeticGenerator:
         self.max_digits = max_digits
         self.multiplier_digits = multiplier_digits
         self.ops = tuple(ops)
-        self.width = max_digits if aligned else 0
 
     def _number(self, rng: random.Random, max_digits: int) -> int:
         digits = rng.randint(1, max_digits)
@@ -153,14 +128,14 @@ class ArithmeticGenerator:
         b = self._number(rng, self.multiplier_digits if op == "*" else self.max_digits)
         prompt = rng.choice(_PROMPTS[op]).format(a=a, b=b)
         if op == "+":
-            result, lines = a + b, addition_trace(a, b, self.width)
+            result, lines = a + b, addition_trace(a, b)
         elif op == "-":
             result = a - b
             if a >= b:
-                lines = subtraction_trace(a, b, self.width)
+                lines = subtraction_trace(a, b)
             else:
                 lines = [f"{a} is smaller than {b}, so the result is negative: {a} - {b} = -({b} - {a})."]
-                lines += subtraction_trace(b, a, self.width)
+                lines += subtraction_trace(b, a)
                 lines.append(f"With the minus sign: {result}")
         else:
             result, lines = a * b, multiplication_trace(a, b)
