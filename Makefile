@@ -39,7 +39,7 @@ bench: setup
 default-model: setup
 	$(PY) -m training train --config training/recipes/default.toml
 	$(PY) -m training train --config training/recipes/default_reasoning.toml
-	$(PY) -m training export runs/default-reasoning/checkpoint models/nanoprime-pocket --swa
+	rm -rf models/nanoprime-pocket && cp -r runs/default-reasoning/model models/nanoprime-pocket
 
 # The web chat (web_chat/): `npm ci` once per lock file, the static export the backend serves at /,
 # vitest unit tests, and browser tests (chromium against the real backend with a tiny model).

@@ -202,11 +202,14 @@ class BitLinear(nn.Module):
         return self
 
     def _kernel_fits(self, x: torch.Tensor) -> bool:
-        """The kernel serves fp32 CPU inputs of a few rows (decoding); long prompts go to torch's matmul."""
+        """fp32 CPU inputs; long ones only where torch's matmul has too few threads to beat the kernel."""
         return (
             x.dtype == torch.float32
             and x.device.type == "cpu"
-            and x.numel() <= ternary_kernel.MAX_ROWS * self.in_features
+            and (
+                x.numel() <= ternary_kernel.MAX_ROWS * self.in_features
+                or torch.get_num_threads() <= ternary_kernel.ALL_ROWS_THREADS
+            )
             and not (x.requires_grad and torch.is_grad_enabled())
             and (self.bias is None or self.bias.dtype == torch.float32)
         )

@@ -155,6 +155,10 @@ def test_server_starts_with_no_model_argument_and_answers(tmp_path: Path) -> Non
 
 if __name__ == "__main__" and "--update" in sys.argv:
     sys.path.insert(0, str(REPO))
+    import torch
+
+    # One thread, as tests/model/conftest.py runs the test: decoding's float sums vary with the thread count.
+    torch.set_num_threads(1)
     GOLDEN.write_text(json.dumps(greedy_outputs(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {GOLDEN}")
 elif __name__ == "__main__":

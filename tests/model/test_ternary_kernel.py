@@ -53,7 +53,7 @@ def test_kernel_equals_the_torch_path_bit_for_bit(build: str, in_features: int, 
             assert torch.equal(with_bias, expected + bias)
 
 
-def test_a_packed_layer_decodes_with_the_kernel_and_prefills_with_torch() -> None:
+def test_a_packed_layer_uses_the_kernel_for_decoding_and_for_long_inputs_only_on_few_threads() -> None:
     torch.manual_seed(0)
     trained = BitLinear(384, 200, bias=True)
     served = BitLinear.from_packed(trained.pack(), bias=trained.bias.detach())
@@ -62,18 +62,26 @@ def test_a_packed_layer_decodes_with_the_kernel_and_prefills_with_torch() -> Non
     original = ternary_kernel.ternary_linear
 
     def counting(*args, **kwargs):  # the real kernel, counted
-        calls.append(args[0].shape)
+        calls.append(args[0].shape[0])
         return original(*args, **kwargs)
 
+    threads = torch.get_num_threads()
     ternary_kernel.ternary_linear = counting
     try:
-        with torch.no_grad():
-            for rows in (1, 3, ternary_kernel.MAX_ROWS, ternary_kernel.MAX_ROWS + 1, 500):
-                x = torch.randn(rows, 1, 384) * 5
-                assert torch.equal(served(x), trained(x))
+        for n_threads in (ternary_kernel.ALL_ROWS_THREADS + 2, 1):
+            torch.set_num_threads(n_threads)
+            calls.clear()
+            with torch.no_grad():
+                for rows in (1, 3, ternary_kernel.MAX_ROWS, ternary_kernel.MAX_ROWS + 1, 500):
+                    x = torch.randn(rows, 1, 384) * 5
+                    assert torch.equal(served(x), trained(x))
+            if n_threads > ternary_kernel.ALL_ROWS_THREADS:  # long inputs went to torch's matmul
+                assert calls == [1, 3, ternary_kernel.MAX_ROWS]
+            else:
+                assert calls == [1, 3, ternary_kernel.MAX_ROWS, ternary_kernel.MAX_ROWS + 1, 500]
     finally:
         ternary_kernel.ternary_linear = original
-    assert [shape[0] for shape in calls] == [1, 3, ternary_kernel.MAX_ROWS]  # longer inputs went to torch
+        torch.set_num_threads(threads)
 
 
 def test_without_a_compiler_the_model_runs_on_the_torch_path(tmp_path: Path) -> None:
