@@ -18,7 +18,7 @@ class RotaryEmbedding(nn.Module):
 
     The tables are computed once: a decoding step only indexes them (two ops, not six per layer and token).
     The sin table carries the rotate-half sign (-sin for the first half), so a rotation is
-    x * cos + roll(x, dim/2) * signed_sin.
+    x * cos + [x2, x1] * signed_sin for x = [x1, x2].
     """
 
     def __init__(self, dim: int, max_positions: int, theta: float = 10000.0) -> None:
@@ -43,4 +43,6 @@ class RotaryEmbedding(nn.Module):
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
     """Rotate x (..., dim) by tables broadcastable to it; computed in at least fp32, returned in x's dtype."""
     xf = upcast(x)
-    return cast(xf * cos + xf.roll(xf.shape[-1] // 2, dims=-1) * signed_sin, x.dtype)
+    half = xf.shape[-1] // 2
+    swapped = torch.cat((xf[..., half:], xf[..., :half]), dim=-1)  # Tensor.roll costs ~10x more on CPU
+    return cast(xf * cos + swapped * signed_sin, x.dtype)
