@@ -35,11 +35,12 @@ bench: setup
 	$(PY) benchmarks/server_load.py
 
 # The shipped default model from scratch (about three hours on one CPU core): stage 1 learns the language,
-# stage 2 fine-tunes it on the reasoning data; the result replaces models/nanoprime-pocket.
+# stages 2 and 3 fine-tune it on the reasoning data; the result replaces models/nanoprime-pocket.
 default-model: setup
 	$(PY) -m training train --config training/recipes/default.toml
 	$(PY) -m training train --config training/recipes/default_reasoning.toml
-	rm -rf models/nanoprime-pocket && cp -r runs/default-reasoning/model models/nanoprime-pocket
+	$(PY) -m training train --config training/recipes/default_reasoning_3.toml
+	rm -rf models/nanoprime-pocket && cp -r runs/default-reasoning-3/model models/nanoprime-pocket
 
 # The web chat (web_chat/): `npm ci` once per lock file, the static export the backend serves at /,
 # vitest unit tests, and browser tests (chromium against the real backend with a tiny model).
