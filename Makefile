@@ -36,10 +36,12 @@ bench: setup
 
 # The shipped default model from scratch (about three hours on one CPU core): stage 1 learns the language,
 # stages 2 and 3 fine-tune it on the reasoning data; the result replaces models/nanoprime-pocket.
+STAGE3 := --init_from runs/default-reasoning/model --out-dir runs/default-reasoning-3 \
+	--train.steps 300 --optim.lr 1e-3 --optim.warmup_steps 10
 default-model: setup
 	$(PY) -m training train --config training/recipes/default.toml
 	$(PY) -m training train --config training/recipes/default_reasoning.toml
-	$(PY) -m training train --config training/recipes/default_reasoning_3.toml
+	$(PY) -m training train --config training/recipes/default_reasoning.toml $(STAGE3)
 	rm -rf models/nanoprime-pocket && cp -r runs/default-reasoning-3/model models/nanoprime-pocket
 
 # The web chat (web_chat/): `npm ci` once per lock file, the static export the backend serves at /,

@@ -132,23 +132,16 @@ def init_from_model_dir(path: Path, model: nn.Module) -> None:
     served = load_model(path)
     if served.config.to_dict() != model.config.to_dict():
         raise ValueError(f"init_from {path} holds a model with another config than this recipe")
-    targets = dict(model.named_modules())
-    for name, module in served.named_modules():
-        if isinstance(module, BitLinear):
-            values = module.weight  # the served form holds the ternary values t and their scale s
-            latent = values * (module.weight_scale / values.abs().mean().clamp(min=module.eps))
-            targets[name].weight.copy_(latent)
-            if module.bias is not None:
-                targets[name].bias.copy_(module.bias)
-    bitlinear_params = {
-        f"{name}.{leaf}"
-        for name, module in served.named_modules()
-        if isinstance(module, BitLinear)
-        for leaf in ("weight", "bias")
-    }
     own = dict(model.named_parameters()) | dict(model.named_buffers())
+    bitlinears = {name: m for name, m in served.named_modules() if isinstance(m, BitLinear)}
+    for name, module in bitlinears.items():
+        values = module.weight  # the served form holds the ternary values t and their scale s
+        own[f"{name}.weight"].copy_(
+            values * (module.weight_scale / values.abs().mean().clamp(min=module.eps))
+        )
     for name, tensor in list(served.named_parameters()) + list(served.named_buffers()):
-        if name not in bitlinear_params and not name.endswith(".weight_scale"):
+        layer, _, leaf = name.rpartition(".")
+        if not (layer in bitlinears and leaf in ("weight", "weight_scale")):
             own[name].copy_(tensor)
 
 

@@ -170,13 +170,13 @@ class BitLinear(nn.Module):
 
         The serving form computes it once: MLA's decoding step asks for it in every layer, every token.
         """
-        if self._dense is None or not self.is_packed:
-            with torch.no_grad():
-                if not self.is_packed:
-                    values, scale = ternarize(self.weight, self.eps)
-                    return values * scale.to(values.dtype)
+        with torch.no_grad():
+            if not self.is_packed:
+                values, scale = ternarize(self.weight, self.eps)
+                return values * scale.to(values.dtype)
+            if self._dense is None:
                 self._dense = self.weight * self.weight_scale.to(self.weight.dtype)
-        return self._dense
+            return self._dense
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_norm:
