@@ -20,6 +20,7 @@ from training.distributed import DistInfo, pick_device
 from training.tokenizer import train_tokenizer
 from training.trainer import Trainer
 
+MODELS = ("nanoprime", "transformer")
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tinystories_v2_part.txt"
 
 
@@ -83,11 +84,9 @@ def recipe(
     }
 
 
-def trainers(recipe_dict: dict[str, Any], device: str) -> dict[str, Trainer]:
-    """NanoPrime and the equal-size transformer, each in its own Trainer over the same recipe."""
+def trainer(name: str, recipe_dict: dict[str, Any], device: str, base_dir: Path) -> Trainer:
+    """A Trainer over the recipe for "nanoprime" or the equal-size "transformer"; writes no file."""
     dist = DistInfo(rank=0, world_size=1, local_rank=0, device=pick_device(device))
-    built = {}
-    for name, factory in (("nanoprime", NanoPrime), ("transformer", equal_size_reference)):
-        torch.manual_seed(0)
-        built[name] = Trainer(recipe_from_dict(recipe_dict), dist, write=False, model_factory=factory)
-    return built
+    factory = {"nanoprime": NanoPrime, "transformer": equal_size_reference}[name]
+    torch.manual_seed(0)
+    return Trainer(recipe_from_dict(recipe_dict), dist, write=False, base_dir=base_dir, model_factory=factory)

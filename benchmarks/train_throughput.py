@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import torch
-from train_setup import DEFAULT_DATA, corpus, recipe, tokenizer_dir, trainers
+from train_setup import DEFAULT_DATA, MODELS, corpus, recipe, tokenizer_dir, trainer
 
 from model.config import preset
 
@@ -49,25 +49,26 @@ def main() -> None:
     for seq_len in args.seq_lens:
         batch = max(1, args.tokens_per_step // seq_len)
         train = {"steps": 10_000, "micro_batch_size": batch, "seq_len": seq_len}
-        built = trainers(recipe(work / "run", text, tokenizer, args.preset, {}, train), args.device)
-        for trainer in built.values():
+        recipe_dict = recipe(work / "run", text, tokenizer, args.preset, {}, train)
+        built = {name: trainer(name, recipe_dict, args.device, work) for name in MODELS}
+        for each in built.values():
             for _ in range(args.warmup):
-                trainer.train_step()
+                each.train_step()
         seconds = dict.fromkeys(built, 0.0)
         tokens = dict.fromkeys(built, 0)
         for _ in range(args.steps):
-            for name, trainer in built.items():
-                if trainer.device.type == "cuda":
-                    torch.cuda.synchronize(trainer.device)
+            for name, each in built.items():
+                if each.device.type == "cuda":
+                    torch.cuda.synchronize(each.device)
                 start = time.perf_counter()
-                _, step_tokens, _ = trainer.train_step()
-                if trainer.device.type == "cuda":
-                    torch.cuda.synchronize(trainer.device)
+                _, step_tokens, _ = each.train_step()
+                if each.device.type == "cuda":
+                    torch.cuda.synchronize(each.device)
                 seconds[name] += time.perf_counter() - start
                 tokens[name] += step_tokens
         rates = {name: tokens[name] / seconds[name] for name in built}
-        for name, trainer in built.items():
-            params = sum(p.numel() for p in trainer.model.parameters())
+        for name, each in built.items():
+            params = sum(p.numel() for p in each.model.parameters())
             results.append(
                 {"seq_len": seq_len, "model": name, "parameters": params, "tokens_per_s": rates[name]}
             )

@@ -413,27 +413,33 @@ class Trainer:
         """Write the model directory; with SWA, the averaged weights are kept when they validate better."""
         from training.export import export_model_dir
 
-        validation = result.validation or self.validate()
-        chosen = "final"
-        if self.swa is not None and self.swa.count > 0:
-            final_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            self.swa.copy_to(self.model)
-            swa_validation = self.validate()
-            log.info(
-                "validation: final %.4f, SWA mean of %d %.4f",
-                validation.get("val_loss", math.nan),
-                self.swa.count,
-                swa_validation.get("val_loss", math.nan),
-            )
-            if swa_validation.get("val_loss", math.inf) <= validation.get("val_loss", math.inf):
-                validation, chosen = swa_validation, f"SWA mean of the last {self.swa.count} steps"
-            else:
-                self.model.load_state_dict(final_state)
+        validation, chosen = self.choose_weights(result.validation or self.validate())
         path = self.out_dir / "model"
         if self.dist.is_main:
             export_model_dir(self.model, self.tokenizer, path, self.card(validation, result, chosen))
         barrier()
         return path
+
+    def choose_weights(self, validation: dict[str, float]) -> tuple[dict[str, float], str]:
+        """Leaves the SWA mean in the model when it validates at least as well as the final weights.
+
+        `validation` is that of the final weights; returns the kept weights' validation and their name.
+        """
+        if self.swa is None or self.swa.count == 0:
+            return validation, "final"
+        final_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.swa.copy_to(self.model)
+        swa_validation = self.validate()
+        log.info(
+            "validation: final %.4f, SWA mean of %d %.4f",
+            validation.get("val_loss", math.nan),
+            self.swa.count,
+            swa_validation.get("val_loss", math.nan),
+        )
+        if swa_validation.get("val_loss", math.inf) <= validation.get("val_loss", math.inf):
+            return swa_validation, f"SWA mean of the last {self.swa.count} steps"
+        self.model.load_state_dict(final_state)
+        return validation, "final"
 
     def card(self, validation: dict[str, float], result: RunResult, weights: str) -> dict[str, Any]:
         """The model card's training story: data and licence, phases, steps, losses."""

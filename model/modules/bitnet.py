@@ -2,15 +2,17 @@
 
 Training keeps a full-precision latent weight and quantizes on the fly:
 
-    x   -> RMSNorm (no learned scale)           so every token reaches the quantizer at the same scale
-        -> per-token absmax int8: a = 127 / max|x|, q = round(x * a)
+    x   -> per-token absmax int8: a = 127 / max|x|, q = round(x * a)
     W   -> absmean ternary: s = mean|W|, t = clamp(round(W / s), -1, 1)
-    y   =  (q @ t^T) * (s / a) (+ bias)
+    r   =  1 / sqrt(mean(q^2) / a^2 + eps)      the input RMSNorm (no learned scale), from the int8 codes
+    y   =  (q @ t^T) * (s / a * r) (+ bias)
 
-The product of integers comes first and the scales after, so the sums are exact in fp32 whatever order a
-matmul adds in: a CPU kernel that reads the 2-bit codes (ternary_linear.c) gives the very numbers the training
-path gives. The straight-through estimator passes the gradient unchanged through both quantizers: it is the
-gradient of x_q @ W_q^T with x_q = q / a and W_q = t * s.
+The input norm scales each token by one number, and absmax quantization does not see a token's scale, so the
+norm folds into the output scale: it is RMSNorm(x) quantized, with the mean square taken over the dequantized
+input q / a. Every sum is of integers (q @ t^T in fp32, sum q^2 in fp64), exact in any order, and the scalar
+r is a fixed sequence of correctly rounded operations; so a CPU kernel that reads the 2-bit codes
+(ternary_linear.c) gives the very numbers the training path gives. The straight-through estimator passes the
+gradient unchanged through both quantizers: it is the gradient of RMSNorm(x)_q @ W_q^T with W_q = t * s.
 
 Serving packs the ternary values 2 bits each (four per byte along the input dimension, value + 1 in {0, 1, 2})
 with one fp32 scale per matrix. A layer restored from its packed form holds t (as floats, for the matmul of a
@@ -53,38 +55,75 @@ def quantize_activations(x: torch.Tensor, eps: float) -> torch.Tensor:
     return (codes / scale).to(x.dtype)
 
 
-def ternary_product(
-    x: torch.Tensor, values: torch.Tensor, scale: torch.Tensor, quantize: bool, eps: float
+def output_factor(
+    codes: torch.Tensor, act_scale: torch.Tensor, scale: torch.Tensor, normalize: bool, eps: float
 ) -> torch.Tensor:
-    """(q @ t^T) * (s / a) with quantized activations, else (x @ t^T) * s: training and serving share this."""
+    """The fp32 factor of each token's integer sums: s / a, times r = 1 / sqrt(mean(q^2) / a^2 + eps) when the
+    layer normalizes its input. Computed in fp64 step by step as ternary_linear.c does it."""
+    if not normalize:
+        return scale / act_scale
+    a = act_scale.double()
+    mean_square = codes.square().sum(-1, keepdim=True, dtype=torch.float64) / codes.shape[-1] / (a * a)
+    r = 1.0 / torch.sqrt(mean_square + eps)
+    return (scale.double() / a * r).float()
+
+
+def ternary_product(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    scale: torch.Tensor,
+    quantize: bool,
+    eps: float,
+    normalize: bool = False,
+) -> torch.Tensor:
+    """(q @ t^T) * (s / a [* r]) with quantized activations, else (x [normalized] @ t^T) * s.
+
+    Training and serving share this; `normalize` is the layer's input RMSNorm (see the module docstring).
+    """
     if not quantize:
+        x = rms_norm(x, eps) if normalize else x
         return F.linear(x, values) * scale.to(x.dtype)
     codes, act_scale = activation_codes(x, eps)
-    return cast(F.linear(codes.to(values.dtype), values) * (scale / act_scale), x.dtype)
+    factor = output_factor(codes, act_scale, scale, normalize, eps)
+    return cast(F.linear(codes.to(values.dtype), values) * factor, x.dtype)
 
 
 class _StraightThrough(torch.autograd.Function):
-    """ternary_product forward; backward as if y = x_q @ (t * s)^T with both quantizers the identity."""
+    """ternary_product of x forward; backward as if y = normed_q @ (t * s)^T, both quantizers the identity.
+
+    `normed` is x after the layer's input norm (x itself without one), computed by autograd outside: its
+    gradient flows on through the norm. The forward value comes from x, the way serving computes it.
+    """
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float, quantize: bool) -> torch.Tensor:
+    def forward(
+        ctx,
+        x: torch.Tensor,
+        normed: torch.Tensor,
+        weight: torch.Tensor,
+        eps: float,
+        quantize: bool,
+        normalize: bool,
+    ) -> torch.Tensor:
         values, scale = ternarize(weight, eps)
-        ctx.save_for_backward(x, values, scale)
+        ctx.save_for_backward(normed, values, scale)
         ctx.eps, ctx.quantize = eps, quantize
-        return ternary_product(x, values, scale, quantize, eps)
+        if not quantize:
+            return ternary_product(normed, values, scale, False, eps)
+        return ternary_product(x, values, scale, True, eps, normalize)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, values, scale = ctx.saved_tensors
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = (grad @ values.to(grad.dtype)) * scale.to(grad.dtype)
+        normed, values, scale = ctx.saved_tensors
+        grad_normed = grad_w = None
         if ctx.needs_input_grad[1]:
-            x_q = quantize_activations(x, ctx.eps) if ctx.quantize else x
-            grad_w = grad.reshape(-1, grad.shape[-1]).t() @ x_q.reshape(-1, x.shape[-1]).to(grad.dtype)
-        return grad_x, grad_w, None, None
+            grad_normed = (grad @ values.to(grad.dtype)) * scale.to(grad.dtype)
+        if ctx.needs_input_grad[2]:
+            x_q = quantize_activations(normed, ctx.eps) if ctx.quantize else normed
+            grad_w = grad.reshape(-1, grad.shape[-1]).t() @ x_q.reshape(-1, normed.shape[-1]).to(grad.dtype)
+        return None, grad_normed, grad_w, None, None, None
 
 
 @dataclass
@@ -179,17 +218,20 @@ class BitLinear(nn.Module):
             return self._dense
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_norm:
-            x = rms_norm(x, self.eps)
         if not self.is_packed:
-            y = _StraightThrough.apply(x, self.weight, self.eps, self.quantize_activations)
+            normed = rms_norm(x, self.eps) if self.input_norm else x
+            y = _StraightThrough.apply(
+                x, normed, self.weight, self.eps, self.quantize_activations, self.input_norm
+            )
         elif self._kernel_blocks is not None and self._kernel_fits(x):
             bias = None if self.bias is None else self.bias.detach()
             return ternary_kernel.ternary_linear(
-                x, self._kernel_blocks, self.out_features, self._kernel_scale, bias, self.eps
+                x, self._kernel_blocks, self.out_features, self._kernel_scale, bias, self.eps, self.input_norm
             )
         else:
-            y = ternary_product(x, self.weight, self.weight_scale, self.quantize_activations, self.eps)
+            y = ternary_product(
+                x, self.weight, self.weight_scale, self.quantize_activations, self.eps, self.input_norm
+            )
         return y if self.bias is None else y + self.bias
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 (nn.Module's signature)

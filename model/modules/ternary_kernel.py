@@ -85,7 +85,8 @@ def build(flags: tuple[str, ...]) -> ctypes.CDLL | None:
         ctypes.c_int64,
         ctypes.c_float,  # weight scale
         ctypes.c_void_p,  # bias or NULL
-        ctypes.c_float,  # eps
+        ctypes.c_double,  # eps
+        ctypes.c_int,  # normalize: the layer's input RMSNorm
         ctypes.c_void_p,  # y (rows, out) fp32
     ]
     return lib
@@ -117,9 +118,12 @@ def ternary_linear(
     scale: float,
     bias: torch.Tensor | None,
     eps: float,
+    normalize: bool = False,
     lib: ctypes.CDLL | None = None,
 ) -> torch.Tensor:
     """The quantized layer on x (..., in) fp32, as the torch path computes it; see ternary_linear.c.
+
+    `normalize` folds the layer's input RMSNorm into the output factor, as bitnet.output_factor does.
 
     `lib` picks another build of the kernel (tests compare the portable builds); default: library().
     Decoding calls this a few dozen times per token, so it makes as few torch calls as it can.
@@ -140,6 +144,7 @@ def ternary_linear(
         scale,
         None if bias is None else bias.data_ptr(),
         eps,
+        int(normalize),
         y.data_ptr(),
     )
     if status != 0:

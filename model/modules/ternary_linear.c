@@ -3,9 +3,12 @@
  * It computes exactly what the torch path of model/modules/bitnet.py computes for a few rows:
  *     a = (1 / max(max|x|, eps)) * 127      per row, reciprocal then multiply, as torch's 127 / m does
  *     q = round_half_even(x * a)            int8 (the [-128, 127] clamp never binds)
- *     y = float(sum_i q_i t_i) * (s / a) (+ bias)
+ *     f = s / a                             or, for a layer with an input norm, in fp64 step by step:
+ *         f = s / a * (1 / sqrt(sum_i q_i^2 / n / (a * a) + eps))
+ *     y = float(sum_i q_i t_i) * f (+ bias)
  * The integer sums are exact in fp32 for these sizes, so the result is the same bit for bit as torch's fp32
- * matmul of the same integers; the file is compiled with -ffp-contract=off so y is not fused into an FMA.
+ * matmul of the same integers; every other step is one correctly rounded operation, in the same order as
+ * torch's; the file is compiled with -ffp-contract=off so nothing is fused into an FMA.
  *
  * Weight layout (made by model/modules/ternary_kernel.py): blocks of 128 inputs in 32 bytes; byte j of a
  * block holds the codes t + 1 of inputs j, j + 32, j + 64 and j + 96 at bits 0, 2, 4 and 6, so one shift
@@ -122,30 +125,41 @@ static void pair_dot(const uint8_t *w, const int8_t *q, int64_t in_padded, int64
         pair_dot_rows(w, q, in_padded, nb, n, sums);
 }
 
-/* Quantize one row of x to int8 codes (padded with zeros to nb blocks); returns sum q, writes s / a. */
-static int32_t quantize_row(const float *x, int64_t in, int64_t nb, float eps, float scale, int8_t *q,
-                            float *factor) {
+/* Quantize one row of x to int8 codes (padded with zeros to nb blocks); returns sum q, writes the factor f. */
+static int32_t quantize_row(const float *x, int64_t in, int64_t nb, double eps, int normalize, float scale,
+                            int8_t *q, float *factor) {
     float amax = 0.0f;
     for (int64_t i = 0; i < in; i++) {
         const float v = fabsf(x[i]);
         amax = v > amax ? v : amax;
     }
-    if (amax < eps) amax = eps;
+    const float eps_f = (float)eps;
+    if (amax < eps_f) amax = eps_f;
     const float a = (1.0f / amax) * 127.0f;
     int32_t sum = 0;
+    int64_t squares = 0;
     for (int64_t i = 0; i < in; i++) {
         const int32_t v = (int32_t)nearbyintf(x[i] * a);
         q[i] = (int8_t)v;
         sum += v;
+        squares += (int64_t)v * v;
     }
     for (int64_t i = in; i < nb * BLOCK_INPUTS; i++) q[i] = 0;
-    *factor = scale / a;
+    if (normalize) {
+        const double a64 = (double)a;
+        const double mean_square = (double)squares / (double)in / (a64 * a64);
+        const double r = 1.0 / sqrt(mean_square + eps);
+        *factor = (float)((double)scale / a64 * r);
+    } else {
+        *factor = scale / a;
+    }
     return sum;
 }
 
-/* y (rows, out) = ternary linear of x (rows, in); bias may be NULL. Returns 0, or -1 when out of memory. */
+/* y (rows, out) = ternary linear of x (rows, in); bias may be NULL; normalize: the layer has an input norm.
+ * Returns 0, or -1 when out of memory. */
 int nanoprime_ternary_linear(const float *x, int64_t rows, int64_t in, const uint8_t *w, int64_t out,
-                             float scale, const float *bias, float eps, float *y) {
+                             float scale, const float *bias, double eps, int normalize, float *y) {
     const int64_t nb = (in + BLOCK_INPUTS - 1) / BLOCK_INPUTS;
     int8_t *q = aligned_alloc(64, (size_t)(rows * nb * BLOCK_INPUTS));
     int32_t *sums = malloc(sizeof(int32_t) * (size_t)rows);
@@ -157,7 +171,8 @@ int nanoprime_ternary_linear(const float *x, int64_t rows, int64_t in, const uin
         return -1;
     }
     for (int64_t r = 0; r < rows; r++)
-        sums[r] = quantize_row(x + r * in, in, nb, eps, scale, q + r * nb * BLOCK_INPUTS, &factors[r]);
+        sums[r] = quantize_row(x + r * in, in, nb, eps, normalize, scale, q + r * nb * BLOCK_INPUTS,
+                               &factors[r]);
     const int64_t in_padded = nb * BLOCK_INPUTS;
     for (int64_t p = 0; p < (out + 1) / 2; p++) {
         const uint8_t *wp = w + p * nb * 2 * BLOCK_BYTES;

@@ -34,7 +34,10 @@ def test_the_kernel_builds_on_this_machine() -> None:
 
 @pytest.mark.parametrize("build", sorted(BUILDS))
 @pytest.mark.parametrize(("in_features", "out_features"), [(37, 11), (128, 64), (384, 1024), (1000, 7)])
-def test_kernel_equals_the_torch_path_bit_for_bit(build: str, in_features: int, out_features: int) -> None:
+@pytest.mark.parametrize("normalize", [False, True])
+def test_kernel_equals_the_torch_path_bit_for_bit(
+    build: str, in_features: int, out_features: int, normalize: bool
+) -> None:
     lib = ternary_kernel.build(BUILDS[build])
     assert lib is not None
     values = ternary_values(out_features, in_features, seed=in_features)
@@ -46,10 +49,14 @@ def test_kernel_equals_the_torch_path_bit_for_bit(build: str, in_features: int, 
         for magnitude in (1e-4, 1.0, 3e3):
             x = torch.randn(rows, in_features, generator=generator) * magnitude
             x[0] = 0.0 if rows > 2 else x[0]  # an all-zero token: the absmax is clamped to eps
-            expected = ternary_product(x, values, scale, True, 1e-5)
-            got = ternary_kernel.ternary_linear(x, blocks, out_features, float(scale), None, 1e-5, lib)
+            expected = ternary_product(x, values, scale, True, 1e-5, normalize)
+            got = ternary_kernel.ternary_linear(
+                x, blocks, out_features, float(scale), None, 1e-5, normalize, lib
+            )
             assert torch.equal(got, expected), (build, rows, magnitude)
-            with_bias = ternary_kernel.ternary_linear(x, blocks, out_features, float(scale), bias, 1e-5, lib)
+            with_bias = ternary_kernel.ternary_linear(
+                x, blocks, out_features, float(scale), bias, 1e-5, normalize, lib
+            )
             assert torch.equal(with_bias, expected + bias)
 
 

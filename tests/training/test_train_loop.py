@@ -97,8 +97,10 @@ def test_gradient_accumulation_matches_a_bigger_batch(
         loss_a, _, _ = a.train_step()
         loss_b, _, _ = b.train_step()
         assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    # Adam moves a weight by lr * g / (|g| + 1e-8): where a gradient is below 1e-8, summing it in another
+    # order (4 rows, or 2 + 2) shows up a thousandfold. A wrong accumulation would be off by about lr = 1e-2.
     for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True):
-        assert torch.allclose(p, q, atol=1e-5)
+        assert torch.allclose(p, q, atol=1e-4)
 
 
 def test_gradient_checkpointing_changes_memory_not_results(
