@@ -31,7 +31,7 @@ from model.modules.mamba import (
     init_dt_bias,
     real_token_mask,
 )
-from model.modules.norm import cast
+from model.modules.norm import cast, rms_norm
 
 
 @dataclass
@@ -146,8 +146,7 @@ class GatedRMSNorm(nn.Module):
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         y = fp32(y) * F.silu(fp32(z))
-        grouped = y.unflatten(-1, (-1, self.group_size))
-        grouped = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.eps)
+        grouped = rms_norm(y.unflatten(-1, (-1, self.group_size)), self.eps)
         return grouped.flatten(-2) * fp32(self.weight)
 
 
