@@ -18,10 +18,17 @@
  *
  * Each 32-byte code vector is unpacked once and used for a group of up to eight activation rows, whose sums
  * stay in registers: decoding a batch costs little more weight traffic than decoding one sequence.
+ *
+ * Built with OpenMP, a large product (a batch, a prompt) splits its output pairs over the threads torch is set
+ * to use: the library loads torch's own libgomp, so torch.set_num_threads applies here too. Each output is
+ * still summed by one thread in one order, so the result does not depend on the thread count.
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -31,6 +38,9 @@
 #define BLOCK_BYTES 32
 
 #define GROUP 8 /* activation rows sharing one unpacked weight block */
+/* Multiply-adds below which one thread does all: a fork and join costs a few microseconds, as much as a
+ * decoding step's smaller matrices take whole. */
+#define PARALLEL_MIN_MACS (1 << 20)
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 static inline int32_t sum256(__m256i v) {
@@ -174,7 +184,9 @@ int nanoprime_ternary_linear(const float *x, int64_t rows, int64_t in, const uin
         sums[r] = quantize_row(x + r * in, in, nb, eps, normalize, scale, q + r * nb * BLOCK_INPUTS,
                                &factors[r]);
     const int64_t in_padded = nb * BLOCK_INPUTS;
-    for (int64_t p = 0; p < (out + 1) / 2; p++) {
+    const int64_t pairs = (out + 1) / 2;
+#pragma omp parallel for schedule(static) if (rows * in * out >= PARALLEL_MIN_MACS)
+    for (int64_t p = 0; p < pairs; p++) {
         const uint8_t *wp = w + p * nb * 2 * BLOCK_BYTES;
         for (int64_t r0 = 0; r0 < rows; r0 += GROUP) {
             const int n = rows - r0 < GROUP ? (int)(rows - r0) : GROUP;
@@ -193,4 +205,13 @@ int nanoprime_ternary_linear(const float *x, int64_t rows, int64_t in, const uin
     free(sums);
     free(factors);
     return 0;
+}
+
+/* The threads a large product uses: torch's setting where the library has OpenMP, else 1. */
+int nanoprime_kernel_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
 }
