@@ -208,26 +208,28 @@ class MLA(nn.Module):
         batch, steps, heads, _ = q_nope.shape
         w_kv_b = effective_weight(self.kv_b).view(heads, self.nope_dim + self.v_dim, self.kv_lora_rank)
         w_uk, w_uv = w_kv_b.split((self.nope_dim, self.v_dim), dim=1)  # (H, nope, C), (H, v, C)
-        q_latent = q_nope.transpose(1, 2) @ cast(w_uk, q_nope.dtype)  # (B, H, T, C)
+        # Per-head matmuls, every query of the batch a row (H, B*T, .): no broadcast copy of the weights.
+        q_latent = torch.bmm(q_nope.flatten(0, 1).transpose(0, 1), cast(w_uk, q_nope.dtype)).transpose(0, 1)
         latent = cast(cache.latent[:, :keys], q_nope.dtype)  # (B, L, C)
         k_rope = cast(cache.k_rope[:, :keys], q_nope.dtype)  # (B, L, R)
         if batch > 1 or steps > 1:  # else the one query sits at the last key and sees them all
             visible = torch.arange(keys, device=positions.device) <= positions.unsqueeze(-1)  # (B, T, L)
 
-        if steps == 1:
+        if steps == 1:  # q_latent: (B, H, C)
             scores = torch.baddbmm(  # scale * (q_latent . c + q_rope . k_rope): (B, H, L)
-                q_latent[:, :, 0] @ latent.mT, q_rope[:, 0], k_rope.mT, beta=self.scale, alpha=self.scale
+                q_latent @ latent.mT, q_rope[:, 0], k_rope.mT, beta=self.scale, alpha=self.scale
             )
             if batch > 1:  # rows of different lengths: each sees its own keys only
                 scores.masked_fill_(~visible, float("-inf"))
-            out_latent = (torch.softmax(scores, dim=-1) @ latent).unsqueeze(2)  # (B, H, 1, C)
-        else:
-            query = torch.cat((q_latent.transpose(1, 2), q_rope), dim=-1).reshape(batch, 1, steps * heads, -1)
+            out_latent = torch.softmax(scores, dim=-1) @ latent  # (B, H, C)
+        else:  # q_latent: (B * T, H, C)
+            query = torch.cat((q_latent.reshape(batch, steps, heads, -1), q_rope), dim=-1)
+            query = query.reshape(batch, 1, steps * heads, -1)
             key = torch.cat((latent, k_rope), dim=-1).unsqueeze(1)
             mask = visible.unsqueeze(2).expand(batch, steps, heads, keys).reshape(batch, 1, steps * heads, -1)
             out_latent = F.scaled_dot_product_attention(
                 query, key, latent.unsqueeze(1), attn_mask=mask, scale=self.scale
             )
-            out_latent = out_latent.view(batch, steps, heads, self.kv_lora_rank).transpose(1, 2)
-        out = out_latent @ cast(w_uv, out_latent.dtype).mT  # (B, H, T, v)
-        return out.transpose(1, 2).reshape(batch, steps, heads * self.v_dim)
+            out_latent = out_latent.reshape(batch * steps, heads, self.kv_lora_rank)
+        out = torch.bmm(out_latent.transpose(0, 1), cast(w_uv, out_latent.dtype).mT)  # (H, B * T, v)
+        return out.transpose(0, 1).reshape(batch, steps, heads * self.v_dim)
