@@ -111,6 +111,9 @@ def main() -> None:
         recipe_dict, stories = quick_recipe(args)
         setup = f"preset {args.preset}, {args.steps or 300} steps of {args.batch_size}x{args.seq_len} tokens"
     stories = args.stories or stories
+    if stories not in recipe_dict["data"]["sources"]:
+        known = ", ".join(sorted(recipe_dict["data"]["sources"]))
+        raise SystemExit(f"--stories {stories}: the recipe has no such data source (it has {known})")
     print(f"{setup}; held-out stories: {stories}; {args.jobs} job(s)", flush=True)
 
     jobs = [(name, recipe_dict, args.device, args.eval_every) for name in MODELS]
