@@ -39,7 +39,7 @@ from backend.engine import Engine
 from model.checkpoint import load_model_dir, save_model_dir
 from model.config import NanoPrimeConfig, preset
 from model.generation import Done, SamplingParams, ThinkingDelta, TokenDelta
-from model.modules import ternary_kernel
+from model.modules import cpu_kernels
 from model.nanoprime import NanoPrime
 from model.tokenizer import Tokenizer
 from training.tokenizer import train_tokenizer
@@ -309,7 +309,7 @@ def main() -> None:
         "nanoprime_parameters": nanoprime.num_parameters(),
         "llama_parameters": sum(p.numel() for p in llama.parameters()),
         "torch_threads": torch.get_num_threads(),
-        "bitlinear_decode_kernel": ternary_kernel.enabled(),  # NANOPRIME_KERNEL=0 measures the torch path
+        "bitlinear_decode_kernel": cpu_kernels.enabled(),  # NANOPRIME_KERNEL=0 measures the torch path
         "machine": platform.processor() or platform.machine(),
         "load_average_at_start": os.getloadavg()[0],
         "decode": [],

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import NanoPrimeConfig
-from model.modules import ternary_kernel
+from model.modules import cpu_kernels
 from model.modules.norm import cast, rms_norm, upcast
 
 INIT_STD = 0.02
@@ -225,7 +225,7 @@ class BitLinear(nn.Module):
             )
         elif self._kernel_blocks is not None and self._kernel_fits(x):
             bias = None if self.bias is None else self.bias.detach()
-            return ternary_kernel.ternary_linear(
+            return cpu_kernels.ternary_linear(
                 x, self._kernel_blocks, self.out_features, self._kernel_scale, bias, self.eps, self.input_norm
             )
         else:
@@ -249,8 +249,8 @@ class BitLinear(nn.Module):
             x.dtype == torch.float32
             and x.device.type == "cpu"
             and (
-                x.numel() <= ternary_kernel.MAX_ROWS * self.in_features
-                or torch.get_num_threads() <= ternary_kernel.ALL_ROWS_THREADS
+                x.numel() <= cpu_kernels.MAX_ROWS * self.in_features
+                or torch.get_num_threads() <= cpu_kernels.ALL_ROWS_THREADS
             )
             and not (x.requires_grad and torch.is_grad_enabled())
             and (self.bias is None or self.bias.dtype == torch.float32)
@@ -289,8 +289,8 @@ class BitLinear(nn.Module):
         self._dense = None
         self._kernel_scale = float(scale)
         self._kernel_blocks = (
-            ternary_kernel.pack_blocks(values)
-            if self.quantize_activations and values.device.type == "cpu" and ternary_kernel.enabled()
+            cpu_kernels.pack_blocks(values)
+            if self.quantize_activations and values.device.type == "cpu" and cpu_kernels.enabled()
             else None
         )
 

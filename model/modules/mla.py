@@ -15,7 +15,9 @@ absorbs W_kv_b (linear in c: a BitLinear without input norm or activation quanti
     q_nope . (W_uk c) = (W_uk^T q_nope) . c            the query moves into latent space (H x C)
     sum_s p_s W_uv c_s = W_uv (sum_s p_s c_s)          attention averages latents; W_uv applies once
 
-so every head attends to the same cached (C + R)-vector per token.
+so every head attends to the same cached (C + R)-vector per token. On a CPU in fp32, a decoding step's rope,
+cache write and absorbed attention are one call to the C kernel latent_attention.c (cpu_kernels.py), which
+reads the cache once; elsewhere, and for prompts, the torch code below runs.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import NanoPrimeConfig
+from model.modules import cpu_kernels
 from model.modules.bitnet import effective_weight, make_linear
 from model.modules.norm import RMSNorm, cast
 from model.modules.rope import RotaryEmbedding, apply_rope
@@ -137,6 +140,7 @@ class MLA(nn.Module):
         )
         self.o_proj = make_linear(config, c.n_heads * c.v_head_dim, config.d_model)
         self.rotary = RotaryEmbedding(c.rope_dim, config.max_seq_len, c.rope_theta)
+        self._absorbed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # see _absorbed_weights
 
     def new_cache(
         self, batch_size: int, device: torch.device | str, dtype: torch.dtype = torch.float32
@@ -155,9 +159,11 @@ class MLA(nn.Module):
     ) -> torch.Tensor:
         batch, steps, _ = x.shape
         q = self._queries(x).view(batch, steps, self.n_heads, self.nope_dim + self.rope_dim)
-        q_nope, q_rope = q.split((self.nope_dim, self.rope_dim), dim=-1)
         latent, k_rope = self.kv_a(x).split((self.kv_lora_rank, self.rope_dim), dim=-1)
         latent = self.kv_norm(latent)
+        if cache is not None and steps == 1 and self._kernel_fits(x, cache):
+            return self.o_proj(self._decode_with_kernel(q, latent, k_rope, cache, past_lengths)[:, None])
+        q_nope, q_rope = q.split((self.nope_dim, self.rope_dim), dim=-1)
 
         offsets = torch.arange(steps, device=x.device)
         if cache is None:
@@ -174,6 +180,63 @@ class MLA(nn.Module):
             keys = cache.write(latent, apply_rope(k_rope, cos, sin), past_lengths)
             out = self._attend_absorbed(q_nope, q_rope, cache, positions, keys)
         return self.o_proj(out)
+
+    def _kernel_fits(self, x: torch.Tensor, cache: MLACache) -> bool:
+        """fp32 CPU decoding without autograd, where the C kernel is built (and wanted)."""
+        return (
+            x.dtype == torch.float32
+            and x.device.type == "cpu"
+            and cache.latent.dtype == torch.float32
+            and not (x.requires_grad and torch.is_grad_enabled())
+            and cpu_kernels.enabled()
+        )
+
+    def _decode_with_kernel(
+        self,
+        q: torch.Tensor,
+        latent: torch.Tensor,
+        k_rope: torch.Tensor,
+        cache: MLACache,
+        past_lengths: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """One decoding step in one C call (latent_attention.c): the same math as _attend_absorbed, rope and
+        cache write included. Returns the heads' outputs (B, H * v)."""
+        if past_lengths is None:
+            raise ValueError("MLA with a cache needs past_lengths")
+        end, positions = int(past_lengths.max()) + 1, self.rotary.cos_table.shape[0]
+        if end > positions:
+            raise ValueError(f"position {end - 1} is past the {positions} rotary positions")
+        cache.reserve(end)
+        if not (cache.latent.is_contiguous() and cache.k_rope.is_contiguous()):
+            cache.latent, cache.k_rope = cache.latent.contiguous(), cache.k_rope.contiguous()
+        w_kv_b, w_uv_t = self._absorbed_weights()
+        return cpu_kernels.latent_attention(
+            q[:, 0].contiguous(),
+            latent[:, 0].contiguous(),
+            k_rope[:, 0].contiguous(),
+            self.rotary.cos_table,
+            self.rotary.sin_table,
+            past_lengths.contiguous(),
+            cache.latent,
+            cache.k_rope,
+            w_kv_b,
+            w_uv_t,
+            self.scale,
+        )
+
+    def _absorbed_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """kv_b's matrix per head (H, nope + v, C) and W_uv transposed (H, C, v), for the kernel.
+
+        Kept while kv_b's matrix is the same tensor: the serving form computes that once, so the transpose is
+        made once too; a training-form layer gives a new matrix at every call and gets a new transpose.
+        """
+        dense = effective_weight(self.kv_b)
+        if self._absorbed is None or self._absorbed[0] is not dense:
+            heads = (self.n_heads, self.nope_dim + self.v_dim, self.kv_lora_rank)
+            per_head = dense.detach().float().view(heads)
+            w_uv_t = per_head[:, self.nope_dim :].transpose(1, 2).contiguous()
+            self._absorbed = (dense, per_head.contiguous(), w_uv_t)
+        return self._absorbed[1], self._absorbed[2]
 
     def _queries(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "q_proj"):

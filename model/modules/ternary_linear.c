@@ -10,7 +10,7 @@
  * matmul of the same integers; every other step is one correctly rounded operation, in the same order as
  * torch's; the file is compiled with -ffp-contract=off so nothing is fused into an FMA.
  *
- * Weight layout (made by model/modules/ternary_kernel.py): blocks of 128 inputs in 32 bytes; byte j of a
+ * Weight layout (made by model/modules/cpu_kernels.py): blocks of 128 inputs in 32 bytes; byte j of a
  * block holds the codes t + 1 of inputs j, j + 32, j + 64 and j + 96 at bits 0, 2, 4 and 6, so one shift
  * and one mask give 32 consecutive codes. The blocks of output rows 2p and 2p + 1 alternate
  * ([p][block][2][32]), so one 64-byte load feeds both halves of a 512-bit register. Padding has code 1

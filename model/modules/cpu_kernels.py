@@ -1,9 +1,12 @@
-"""The CPU decode kernel of BitLinear (ternary_linear.c): built on first use, called through ctypes.
+"""The CPU decode kernels, built on first use and called through ctypes.
 
-Decoding multiplies one row per sequence by every weight matrix, so its speed is the bytes it reads: the
-2-bit codes are 16x fewer than the fp32 matrix the torch path multiplies with, and one call replaces the
-dozen small torch ops of the activation quantizer. The kernel gives the same numbers bit for bit as the torch
-path (integer sums, then the same fp32 scaling), so whether it runs changes speed only.
+- BitLinear's (ternary_linear.c). Decoding multiplies one row per sequence by every weight matrix, so its
+  speed is the bytes it reads: the 2-bit codes are 16x fewer than the fp32 matrix the torch path multiplies
+  with, and one call replaces the dozen small torch ops of the activation quantizer. It gives the same
+  numbers bit for bit as the torch path (integer sums, then the same fp32 scaling).
+- MLA's decoding step (latent_attention.c): rope, cache write and absorbed attention in one call instead of
+  some forty torch ops per layer, reading the cached latents once. It agrees with the torch path to float
+  rounding.
 
 The library is compiled with the system C compiler (`cc`, or $CC) for this CPU into $NANOPRIME_KERNEL_DIR
 (default ~/.cache/nanoprime), with OpenMP where the compiler has it (large products then use torch's threads);
@@ -28,7 +31,7 @@ import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("ternary_linear.c")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("ternary_linear.c", "latent_attention.c"))
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-shared", "-fPIC"]
 OPENMP = "-fopenmp"
 BLOCK_INPUTS = 128
@@ -41,39 +44,39 @@ ALL_ROWS_THREADS = 2
 
 
 def enabled() -> bool:
-    """Whether the kernel is wanted (NANOPRIME_KERNEL=0 turns it off) and could be built here."""
+    """Whether the kernels are wanted (NANOPRIME_KERNEL=0 turns them off) and could be built here."""
     return os.environ.get("NANOPRIME_KERNEL", "1") != "0" and library() is not None
 
 
 @functools.cache
 def library() -> ctypes.CDLL | None:
-    """The kernel compiled for this CPU (with OpenMP if the compiler has it), built the first time; None where
-    no C compiler is available."""
+    """The kernels compiled for this CPU (with OpenMP if the compiler has it), built the first time; None
+    where no C compiler is available."""
     lib = build((*FLAGS, OPENMP)) or build(tuple(FLAGS))
     if lib is None:
-        log.warning("no BitLinear kernel could be built: BitLinear decodes with the torch path")
+        log.warning("no CPU kernels could be built: BitLinear and MLA decode with the torch path")
     return lib
 
 
 @functools.cache
 def build(flags: tuple[str, ...]) -> ctypes.CDLL | None:
-    """ternary_linear.c compiled with `flags` (cached on disk by source and flags); None if that fails."""
+    """The kernels compiled with `flags` (cached on disk by sources and flags); None if that fails."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
-        log.info("no C compiler: BitLinear decodes with the torch path")
+        log.info("no C compiler: BitLinear and MLA decode with the torch path")
         return None
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in SOURCES)
     identity = " ".join([compiler, *flags, platform.machine(), _cpu_flags()])
     key = hashlib.sha256(source + identity.encode()).hexdigest()
     directory = Path(os.environ.get("NANOPRIME_KERNEL_DIR", Path.home() / ".cache" / "nanoprime"))
-    target = directory / f"ternary_linear-{key[:16]}.so"
+    target = directory / f"nanoprime-kernels-{key[:16]}.so"
     if not target.is_file():
         try:
             directory.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=directory) as scratch:
                 built = Path(scratch) / target.name
                 subprocess.run(
-                    [compiler, *flags, str(SOURCE), "-o", str(built), "-lm"],
+                    [compiler, *flags, *map(str, SOURCES), "-o", str(built), "-lm"],
                     check=True,
                     capture_output=True,
                     text=True,
@@ -81,7 +84,7 @@ def build(flags: tuple[str, ...]) -> ctypes.CDLL | None:
                 os.replace(built, target)  # atomic: concurrent builders never load a half-written file
         except (OSError, subprocess.CalledProcessError) as error:
             detail = getattr(error, "stderr", "") or str(error)
-            log.warning("building the BitLinear kernel with %s failed: %s", " ".join(flags), detail.strip())
+            log.warning("building the CPU kernels with %s failed: %s", " ".join(flags), detail.strip())
             return None
     lib = ctypes.CDLL(str(target))
     lib.nanoprime_ternary_linear.restype = ctypes.c_int
@@ -96,6 +99,19 @@ def build(flags: tuple[str, ...]) -> ctypes.CDLL | None:
         ctypes.c_double,  # eps
         ctypes.c_int,  # normalize: the layer's input RMSNorm
         ctypes.c_void_p,  # y (rows, out) fp32
+    ]
+    pointer, size = ctypes.c_void_p, ctypes.c_int64
+    lib.nanoprime_latent_attention.restype = ctypes.c_int
+    lib.nanoprime_latent_attention.argtypes = [
+        *[pointer] * 6,  # q, latent_new, k_rope_new, cos_table, sin_table, positions
+        pointer,  # cache latent
+        pointer,  # cache k_rope
+        size,  # capacity
+        pointer,  # w_uk
+        pointer,  # w_uv_t
+        *[size] * 6,  # B, H, N, V, C, R
+        ctypes.c_float,  # scale
+        pointer,  # out
     ]
     lib.nanoprime_kernel_threads.restype = ctypes.c_int
     lib.nanoprime_kernel_threads.argtypes = []
@@ -160,3 +176,53 @@ def ternary_linear(
     if status != 0:
         raise MemoryError("the BitLinear kernel could not allocate its activation buffer")
     return y
+
+
+def latent_attention(
+    q: torch.Tensor,
+    latent_new: torch.Tensor,
+    k_rope_new: torch.Tensor,
+    cos_table: torch.Tensor,
+    sin_table: torch.Tensor,
+    positions: torch.Tensor,
+    cache_latent: torch.Tensor,
+    cache_k_rope: torch.Tensor,
+    w_kv_b: torch.Tensor,
+    w_uv_t: torch.Tensor,
+    scale: float,
+    lib: ctypes.CDLL | None = None,
+) -> torch.Tensor:
+    """One MLA decoding step for B rows; see latent_attention.c. Writes the new token's latent and rotated key
+    at slot positions[b] of the caches (which must hold it) and returns the heads' outputs (B, H * V).
+
+    q (B, H, N + R) (q_nope then q_rope per head), latent_new (B, C), k_rope_new (B, R); w_kv_b (H, N + V, C),
+    w_uv_t (H, C, V): every tensor contiguous fp32 on the CPU, positions (B) int64.
+    """
+    lib = lib or library()
+    if lib is None:
+        raise RuntimeError("the CPU kernels are not available (check enabled() first)")
+    batch, heads = q.shape[:2]
+    rope_dim = cos_table.shape[-1]
+    latent_dim, v_dim = w_uv_t.shape[1:]
+    tensors = (q, latent_new, k_rope_new, cos_table, sin_table, positions, cache_latent)
+    tensors += (cache_k_rope, w_kv_b, w_uv_t)
+    if not all(t.is_contiguous() for t in tensors):
+        raise ValueError("latent_attention needs contiguous tensors")
+    out = torch.empty(batch, heads * v_dim, dtype=torch.float32)
+    status = lib.nanoprime_latent_attention(
+        *(t.data_ptr() for t in tensors[:8]),
+        cache_latent.shape[1],
+        w_kv_b.data_ptr(),
+        w_uv_t.data_ptr(),
+        batch,
+        heads,
+        q.shape[-1] - rope_dim,
+        v_dim,
+        latent_dim,
+        rope_dim,
+        scale,
+        out.data_ptr(),
+    )
+    if status != 0:
+        raise MemoryError("the MLA decoding kernel could not allocate its scratch buffers")
+    return out

@@ -1,0 +1,341 @@
+/* One decoding step of MLA's absorbed attention (model/modules/mla.py), for a batch of rows.
+ *
+ * Per row b at position p_b (its tokens so far), with H heads, latent size C, rope size R:
+ *     k  = rope(k_new, p_b)                 written with the latent c_new to cache slot p_b
+ *     qr = rope(q_rope[h], p_b)             per head
+ *     ql = q_nope[h] @ W_uk[h]              the query moved into latent space (nope -> C)
+ *     s_j = scale * (ql . c_j + qr . k_j)   for the p_b + 1 keys j <= p_b
+ *     o  = (sum_j softmax(s)_j c_j) @ W_uv[h]^T
+ * which the torch path computes with a dozen ops per layer. Here the keys are read once: in blocks of
+ * KEY_BLOCK, transposed so the scores of a block are vector multiply-adds over keys; an online softmax keeps
+ * a running maximum, sum and weighted latent per head, rescaled once per block.
+ *
+ * The rotation and the cache write give exactly the torch path's numbers (the same three rounded operations,
+ * no FMA: the file is compiled with -ffp-contract=off), so a prefill and a decode fill the cache alike. The
+ * attention itself agrees with torch's to float rounding, not bit for bit: the sums run in another order,
+ * and exp is the polynomial below (within 2 ulp of expf).
+ *
+ * A long row (MIN_SPLIT_KEYS keys and more) splits its keys over the OpenMP threads, whose partial results
+ * are merged at the end (flash decoding). The split depends on the row's length and the thread count only,
+ * never on the other rows, so a sequence gets the same numbers alone or in a batch.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#define KEY_BLOCK 64
+#define MIN_SPLIT_KEYS 1024
+
+#ifdef __FMA__
+#define MULADD(a, b, c) fmaf((a), (b), (c))
+#else
+#define MULADD(a, b, c) ((a) * (b) + (c))
+#endif
+
+/* e^x for x <= 0 (larger x are not asked for: x is a score minus the running maximum). Range reduction by
+ * ln 2 in two parts, then a degree-7 Taylor polynomial on |r| <= ln(2) / 2 (truncation below 1e-8). Written
+ * without branches or calls so that loops over it vectorize. Below -87 it gives e^-87, about 1.6e-38: a
+ * weight that no sum of ones can tell from zero. */
+static inline float exp_nonpositive(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    float n = x * 1.44269504f;
+    n = (n + 12582912.0f) - 12582912.0f; /* round to nearest: 1.5 * 2^23 pushes the fraction out */
+    float r = x - n * 0.693145751953125f; /* ln 2 = 0.693145751953125 + 1.428606765330187e-6 */
+    r = r - n * 1.428606765330187e-6f;
+    float poly = 1.0f / 5040.0f;
+    poly = MULADD(poly, r, 1.0f / 720.0f);
+    poly = MULADD(poly, r, 1.0f / 120.0f);
+    poly = MULADD(poly, r, 1.0f / 24.0f);
+    poly = MULADD(poly, r, 1.0f / 6.0f);
+    poly = MULADD(poly, r, 0.5f);
+    poly = MULADD(poly, r, 1.0f);
+    poly = MULADD(poly, r, 1.0f);
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float two_n;
+    memcpy(&two_n, &bits, sizeof two_n);
+    return poly * two_n;
+}
+
+/* out = x rotated by one position's tables: x * cos + [x2, x1] * signed_sin, as rope.apply_rope. */
+static void rotate(const float *x, const float *cos_row, const float *sin_row, int64_t dim, float *out) {
+    const int64_t half = dim / 2;
+    for (int64_t i = 0; i < dim; i++) {
+        const float swapped = i < half ? x[i + half] : x[i - half];
+        out[i] = x[i] * cos_row[i] + swapped * sin_row[i];
+    }
+}
+
+/* The running softmax state of one head over the keys seen so far. */
+typedef struct {
+    float max;
+    float sum;
+} Running;
+
+/* max and sum of a block, in LANES independent lanes so that the loops vectorize. */
+#define LANES 16
+static inline float block_max(const float *x) {
+    float lanes[LANES];
+    for (int l = 0; l < LANES; l++) lanes[l] = x[l];
+    for (int j = LANES; j < KEY_BLOCK; j += LANES)
+        for (int l = 0; l < LANES; l++) lanes[l] = x[j + l] > lanes[l] ? x[j + l] : lanes[l];
+    float top = lanes[0];
+    for (int l = 1; l < LANES; l++) top = lanes[l] > top ? lanes[l] : top;
+    return top;
+}
+
+static inline float block_sum(const float *x) {
+    float lanes[LANES];
+    for (int l = 0; l < LANES; l++) lanes[l] = x[l];
+    for (int j = LANES; j < KEY_BLOCK; j += LANES)
+        for (int l = 0; l < LANES; l++) lanes[l] += x[j + l];
+    float total = 0.0f;
+    for (int l = 0; l < LANES; l++) total += lanes[l];
+    return total;
+}
+
+#if defined(__AVX512F__)
+/* Transposes a 16 x 16 tile held as 16 rows: afterwards rows[i] holds column i. */
+static inline void transpose16(__m512 rows[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) { /* interleave row pairs: 2 x 2 blocks */
+        t[2 * i] = _mm512_unpacklo_ps(rows[2 * i], rows[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(rows[2 * i], rows[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) { /* 4 x 4 blocks inside each 128-bit lane */
+        const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+        const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+        rows[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        rows[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        rows[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        rows[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    for (int i = 0; i < 4; i++) { /* then the 128-bit lanes: first between row groups 4 apart, then 8 */
+        t[i] = _mm512_shuffle_f32x4(rows[i], rows[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_f32x4(rows[i], rows[i + 4], 0xdd);
+        t[i + 8] = _mm512_shuffle_f32x4(rows[i + 8], rows[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_f32x4(rows[i + 8], rows[i + 12], 0xdd);
+    }
+    for (int i = 0; i < 8; i++) {
+        rows[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        rows[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+    }
+}
+#endif
+
+/* keys_t[i][j] = dimension i of key j of the block ([c ; k]), zero past its n keys. */
+static void transpose_block(const float *c, const float *k, int64_t n, int64_t C, int64_t R,
+                            float keys_t[][KEY_BLOCK]) {
+#if defined(__AVX512F__)
+    if (C % 16 == 0 && R % 16 == 0) {
+        for (int64_t group = 0; group < KEY_BLOCK; group += 16) {
+            for (int64_t dim = 0; dim < C + R; dim += 16) {
+                const float *source = dim < C ? c + dim : k + (dim - C);
+                const int64_t stride = dim < C ? C : R;
+                __m512 rows[16];
+                for (int64_t r = 0; r < 16; r++)
+                    rows[r] = group + r < n ? _mm512_loadu_ps(source + (group + r) * stride) : _mm512_setzero_ps();
+                transpose16(rows);
+                for (int64_t i = 0; i < 16; i++) _mm512_storeu_ps(&keys_t[dim + i][group], rows[i]);
+            }
+        }
+        return;
+    }
+#endif
+    for (int64_t j = 0; j < KEY_BLOCK; j++) {
+        for (int64_t i = 0; i < C; i++) keys_t[i][j] = j < n ? c[j * C + i] : 0.0f;
+        for (int64_t i = 0; i < R; i++) keys_t[C + i][j] = j < n ? k[j * R + i] : 0.0f;
+    }
+}
+
+/* acc[h] += sum_j weights[h][j] * c_j over the block's n keys. */
+static void accumulate(const float *c, int64_t n, int64_t H, int64_t C, float weights[][KEY_BLOCK], float *acc) {
+#if defined(__AVX512F__)
+    if (C % 16 == 0) { /* eight independent sums per 16 dimensions, so the multiply-adds overlap */
+        for (int64_t h = 0; h < H; h++) {
+            for (int64_t dim = 0; dim < C; dim += 16) {
+                __m512 sums[8];
+                for (int u = 0; u < 8; u++) sums[u] = _mm512_setzero_ps();
+                int64_t j = 0;
+                for (; j + 8 <= n; j += 8)
+                    for (int u = 0; u < 8; u++)
+                        sums[u] = _mm512_fmadd_ps(_mm512_set1_ps(weights[h][j + u]),
+                                                  _mm512_loadu_ps(c + (j + u) * C + dim), sums[u]);
+                for (; j < n; j++)
+                    sums[0] = _mm512_fmadd_ps(_mm512_set1_ps(weights[h][j]), _mm512_loadu_ps(c + j * C + dim), sums[0]);
+                for (int u = 1; u < 8; u++) sums[0] = _mm512_add_ps(sums[0], sums[u]);
+                _mm512_storeu_ps(acc + h * C + dim, _mm512_add_ps(_mm512_loadu_ps(acc + h * C + dim), sums[0]));
+            }
+        }
+        return;
+    }
+#endif
+    for (int64_t j = 0; j < n; j++) {
+        for (int64_t h = 0; h < H; h++) {
+            const float p = weights[h][j];
+            float *a = acc + h * C;
+            for (int64_t i = 0; i < C; i++) a[i] = MULADD(p, c[j * C + i], a[i]);
+        }
+    }
+}
+
+/* scores[h][j] = queries[h] . key j, from the transposed block. */
+static void block_scores(const float *queries, float keys_t[][KEY_BLOCK], int64_t H, int64_t D,
+                         float scores[][KEY_BLOCK]) {
+    int64_t h = 0;
+#if defined(__AVX512F__) && KEY_BLOCK == 64
+    for (; h + 2 <= H; h += 2) { /* two heads at once: eight independent sums */
+        const float *q0 = queries + h * D, *q1 = q0 + D;
+        __m512 sums[2][4];
+        for (int g = 0; g < 4; g++) sums[0][g] = sums[1][g] = _mm512_setzero_ps();
+        for (int64_t i = 0; i < D; i++) {
+            const __m512 a = _mm512_set1_ps(q0[i]), b = _mm512_set1_ps(q1[i]);
+            for (int g = 0; g < 4; g++) {
+                const __m512 key = _mm512_loadu_ps(&keys_t[i][16 * g]);
+                sums[0][g] = _mm512_fmadd_ps(a, key, sums[0][g]);
+                sums[1][g] = _mm512_fmadd_ps(b, key, sums[1][g]);
+            }
+        }
+        for (int g = 0; g < 4; g++) {
+            _mm512_storeu_ps(&scores[h][16 * g], sums[0][g]);
+            _mm512_storeu_ps(&scores[h + 1][16 * g], sums[1][g]);
+        }
+    }
+#endif
+    for (; h < H; h++) {
+        float w[KEY_BLOCK]; /* a local the compiler can keep in registers over the dimensions */
+        const float *q = queries + h * D;
+        for (int64_t j = 0; j < KEY_BLOCK; j++) w[j] = 0.0f;
+        for (int64_t i = 0; i < D; i++) {
+            const float qi = q[i];
+            for (int64_t j = 0; j < KEY_BLOCK; j++) w[j] = MULADD(qi, keys_t[i][j], w[j]);
+        }
+        for (int64_t j = 0; j < KEY_BLOCK; j++) scores[h][j] = w[j];
+    }
+}
+
+/* Scores, softmax weights and weighted latents for keys [k0, k1) of one row, into the running state (H)
+ * and acc (H x C), which start at {-inf, 0} and zeros. queries: (H, C + R), [ql ; qr] * scale. */
+static void attend_keys(const float *queries, const float *latent, const float *k_rope, int64_t k0, int64_t k1,
+                        int64_t H, int64_t C, int64_t R, Running *running, float *acc) {
+    const int64_t D = C + R;
+    float keys_t[D][KEY_BLOCK];  /* the block's keys [c ; k], transposed: one row per dimension */
+    float weights[H][KEY_BLOCK]; /* scores, then softmax weights */
+    for (int64_t start = k0; start < k1; start += KEY_BLOCK) {
+        const int64_t n = k1 - start < KEY_BLOCK ? k1 - start : KEY_BLOCK;
+        const float *c = latent + start * C;
+        transpose_block(c, k_rope + start * R, n, C, R, keys_t);
+        block_scores(queries, keys_t, H, D, weights);
+        for (int64_t h = 0; h < H; h++) {
+            float *w = weights[h];
+            for (int64_t j = n; j < KEY_BLOCK; j++) w[j] = -INFINITY;
+            const float top = block_max(w);
+            if (top > running[h].max) { /* rescale what was summed under the old maximum */
+                const float shrink = exp_nonpositive(running[h].max - top);
+                running[h].sum *= shrink;
+                for (int64_t i = 0; i < C; i++) acc[h * C + i] *= shrink;
+                running[h].max = top;
+            }
+            const float m = running[h].max;
+            for (int64_t j = 0; j < KEY_BLOCK; j++) w[j] = j < n ? exp_nonpositive(w[j] - m) : 0.0f;
+            running[h].sum += block_sum(w);
+        }
+        accumulate(c, n, H, C, weights, acc);
+    }
+}
+
+/* The number of parts a row of n_keys keys is split into: one per thread, each at least MIN_SPLIT_KEYS. */
+static int64_t key_splits(int64_t n_keys, int threads) {
+    int64_t splits = n_keys / MIN_SPLIT_KEYS;
+    splits = splits < threads ? splits : threads;
+    return splits > 1 ? splits : 1;
+}
+
+/* q (B, H, N + R): per head q_nope then q_rope; latent_new (B, C), k_rope_new (B, R): the step's projections
+ * (latent already normalised, ropes not yet rotated). cos_table, sin_table (positions, R): rope.RotaryEmbedding's.
+ * positions (B): each row's slot for this token. cache_latent (B, capacity, C), cache_k_rope
+ * (B, capacity, R): written at the row's slot, read up to it. w_uk (H, N + V, C): kv_b's weight per head
+ * (its first N rows per head are W_uk); w_uv_t (H, C, V): W_uv transposed. out (B, H * V).
+ * Returns 0, or -1 if a scratch buffer could not be allocated. */
+int nanoprime_latent_attention(const float *q, const float *latent_new,
+                               const float *k_rope_new, const float *cos_table, const float *sin_table,
+                               const int64_t *positions, float *cache_latent, float *cache_k_rope,
+                               int64_t capacity, const float *w_uk, const float *w_uv_t, int64_t B, int64_t H,
+                               int64_t N, int64_t V, int64_t C, int64_t R, float scale, float *out) {
+    const int64_t D = C + R;
+    int threads = 1;
+#ifdef _OPENMP
+    threads = omp_get_max_threads();
+#endif
+    /* Work items: (row, part of its keys). first[b] is row b's first item. */
+    int64_t *first = malloc((size_t)(B + 1) * sizeof *first);
+    if (first == NULL) return -1;
+    first[0] = 0;
+    for (int64_t b = 0; b < B; b++) first[b + 1] = first[b] + key_splits(positions[b] + 1, threads);
+    const int64_t items = first[B];
+    float *queries = malloc((size_t)(B * H * D) * sizeof *queries);
+    Running *running = malloc((size_t)(items * H) * sizeof *running);
+    float *acc = calloc((size_t)(items * H * C), sizeof *acc);
+    if (queries == NULL || running == NULL || acc == NULL) {
+        free(first), free(queries), free(running), free(acc);
+        return -1;
+    }
+
+    for (int64_t b = 0; b < B; b++) { /* the new key into the cache, the queries into latent space */
+        const int64_t p = positions[b];
+        const float *cos_row = cos_table + p * R, *sin_row = sin_table + p * R;
+        memcpy(cache_latent + (b * capacity + p) * C, latent_new + b * C, (size_t)C * sizeof(float));
+        rotate(k_rope_new + b * R, cos_row, sin_row, R, cache_k_rope + (b * capacity + p) * R);
+        for (int64_t h = 0; h < H; h++) {
+            float *query = queries + (b * H + h) * D;
+            const float *qn = q + (b * H + h) * (N + R), *w = w_uk + h * (N + V) * C;
+            for (int64_t i = 0; i < C; i++) query[i] = 0.0f;
+            for (int64_t d = 0; d < N; d++)
+                for (int64_t i = 0; i < C; i++) query[i] = MULADD(qn[d], w[d * C + i], query[i]);
+            rotate(qn + N, cos_row, sin_row, R, query + C);
+            for (int64_t i = 0; i < D; i++) query[i] *= scale;
+        }
+    }
+    for (int64_t item = 0; item < items * H; item++) running[item] = (Running){-INFINITY, 0.0f};
+
+#pragma omp parallel for schedule(dynamic) if (items > 1)
+    for (int64_t item = 0; item < items; item++) {
+        int64_t b = 0;
+        while (first[b + 1] <= item) b++;
+        const int64_t n_keys = positions[b] + 1, splits = first[b + 1] - first[b], part = item - first[b];
+        const int64_t k0 = n_keys * part / splits, k1 = n_keys * (part + 1) / splits;
+        attend_keys(queries + b * H * D, cache_latent + b * capacity * C, cache_k_rope + b * capacity * R, k0, k1,
+                    H, C, R, running + item * H, acc + item * H * C);
+    }
+
+    for (int64_t b = 0; b < B; b++) { /* merge the parts, normalise, and apply W_uv */
+        for (int64_t h = 0; h < H; h++) {
+            float top = -INFINITY;
+            for (int64_t item = first[b]; item < first[b + 1]; item++)
+                top = running[item * H + h].max > top ? running[item * H + h].max : top;
+            float latent_out[C], total = 0.0f;
+            for (int64_t i = 0; i < C; i++) latent_out[i] = 0.0f;
+            for (int64_t item = first[b]; item < first[b + 1]; item++) {
+                const float weight = exp_nonpositive(running[item * H + h].max - top);
+                total = MULADD(weight, running[item * H + h].sum, total);
+                for (int64_t i = 0; i < C; i++)
+                    latent_out[i] = MULADD(weight, acc[(item * H + h) * C + i], latent_out[i]);
+            }
+            float *o = out + (b * H + h) * V;
+            const float *w = w_uv_t + h * C * V;
+            for (int64_t v = 0; v < V; v++) o[v] = 0.0f;
+            for (int64_t i = 0; i < C; i++) {
+                const float ci = latent_out[i] / total;
+                for (int64_t v = 0; v < V; v++) o[v] = MULADD(ci, w[i * V + v], o[v]);
+            }
+        }
+    }
+    free(first), free(queries), free(running), free(acc);
+    return 0;
+}

@@ -1,0 +1,168 @@
+"""MLA's C decoding step (latent_attention.c): against the attention formula in fp64, in every build; the
+cache it writes bit for bit as the torch path writes it; the same numbers for a row alone or in a batch."""
+
+from __future__ import annotations
+
+import ctypes
+
+import pytest
+import torch
+
+from model.config import preset
+from model.modules import cpu_kernels
+from model.modules.mla import MLA
+from model.modules.rope import RotaryEmbedding, apply_rope
+from tests.model.test_ternary_kernel import BUILDS
+
+SHAPES = {  # heads, nope, v, latent, rope: pocket's, and one the vector paths cannot take
+    "pocket": (6, 64, 64, 64, 16),
+    "odd": (3, 10, 7, 24, 6),
+}
+
+
+def random_step(shape: tuple[int, ...], positions: list[int], seed: int = 0) -> dict[str, torch.Tensor]:
+    heads, nope, v_dim, latent, rope = shape
+    generator = torch.Generator().manual_seed(seed)
+    batch, capacity = len(positions), max(positions) + 1
+
+    def randn(*size: int, std: float = 1.0) -> torch.Tensor:
+        return torch.randn(*size, generator=generator) * std
+
+    w_kv_b = randn(heads, nope + v_dim, latent, std=latent**-0.5)
+    return {
+        "q": randn(batch, heads, nope + rope, std=2.0),
+        "latent_new": randn(batch, latent),
+        "k_rope_new": randn(batch, rope),
+        "positions": torch.tensor(positions),
+        "cache_latent": randn(batch, capacity, latent),
+        "cache_k_rope": randn(batch, capacity, rope),
+        "w_kv_b": w_kv_b,
+        "w_uv_t": w_kv_b[:, nope:].transpose(1, 2).contiguous(),
+    }
+
+
+def run_kernel(
+    step: dict[str, torch.Tensor], rotary: RotaryEmbedding, scale: float, lib: ctypes.CDLL | None = None
+) -> torch.Tensor:
+    return cpu_kernels.latent_attention(
+        step["q"],
+        step["latent_new"],
+        step["k_rope_new"],
+        rotary.cos_table,
+        rotary.sin_table,
+        step["positions"],
+        step["cache_latent"],
+        step["cache_k_rope"],
+        step["w_kv_b"],
+        step["w_uv_t"],
+        scale,
+        lib,
+    )
+
+
+def reference(
+    step: dict[str, torch.Tensor], rotary: RotaryEmbedding, scale: float, nope: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The absorbed attention written out per row in fp64, and the caches after the write (torch's rope)."""
+    cache_latent, cache_k_rope = step["cache_latent"].clone(), step["cache_k_rope"].clone()
+    w = step["w_kv_b"].double()
+    outputs = []
+    for row, position in enumerate(step["positions"].tolist()):
+        cos, sin = rotary.cos_table[position], rotary.sin_table[position]
+        cache_latent[row, position] = step["latent_new"][row]
+        cache_k_rope[row, position] = apply_rope(step["k_rope_new"][row], cos, sin)
+        q = step["q"][row]
+        q_rope = apply_rope(q[:, nope:], cos, sin).double()
+        q_latent = torch.einsum("hn,hnc->hc", q[:, :nope].double(), w[:, :nope])
+        keys = cache_latent[row, : position + 1].double()
+        scores = scale * (q_latent @ keys.T + q_rope @ cache_k_rope[row, : position + 1].double().T)
+        latent_out = torch.softmax(scores, dim=-1) @ keys
+        outputs.append(torch.einsum("hc,hvc->hv", latent_out, w[:, nope:]).reshape(-1))
+    return torch.stack(outputs), cache_latent, cache_k_rope
+
+
+@pytest.mark.parametrize("build", sorted(BUILDS))
+@pytest.mark.parametrize("shape_name", sorted(SHAPES))
+def test_kernel_matches_the_attention_formula(build: str, shape_name: str) -> None:
+    """Rows at the edges of the kernel's 64-key blocks, one long enough to split over two threads."""
+    lib = cpu_kernels.build(BUILDS[build])
+    assert lib is not None
+    shape = SHAPES[shape_name]
+    rotary = RotaryEmbedding(shape[4], 4096)
+    step = random_step(shape, [0, 1, 63, 64, 65, 300, 2500], seed=len(build))
+    expected, cache_latent, cache_k_rope = reference(step, rotary, 0.125, shape[1])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = run_kernel(step, rotary, 0.125, lib)
+    finally:
+        torch.set_num_threads(threads)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got.double(), expected, rtol=2e-5, atol=2e-5)
+    assert torch.equal(step["cache_latent"], cache_latent), "the new latent went to the wrong slot"
+    assert torch.equal(step["cache_k_rope"], cache_k_rope), "the rotated key differs from torch's rope"
+
+
+def test_a_row_gets_the_same_numbers_alone_or_in_a_batch() -> None:
+    """The engine batches sequences of any lengths: a sequence's tokens must not depend on its neighbours."""
+    shape = SHAPES["pocket"]
+    rotary = RotaryEmbedding(shape[4], 4096)
+    positions = [5, 2500, 130]
+    batch = random_step(shape, positions)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        together = run_kernel({key: value.clone() for key, value in batch.items()}, rotary, 0.1)
+        for row in range(len(positions)):
+            alone = {
+                key: value if key.startswith("w_") else value[row : row + 1].clone()
+                for key, value in batch.items()
+            }
+            assert torch.equal(run_kernel(alone, rotary, 0.1)[0], together[row]), row
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_split_over_threads_agrees_with_one_thread() -> None:
+    shape = SHAPES["pocket"]
+    rotary = RotaryEmbedding(shape[4], 4096)
+    step = random_step(shape, [3000, 2100])
+    results = {}
+    threads = torch.get_num_threads()
+    try:
+        for n_threads in (1, 3):
+            torch.set_num_threads(n_threads)
+            results[n_threads] = run_kernel({key: value.clone() for key, value in step.items()}, rotary, 0.1)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(results[3], results[1], rtol=1e-5, atol=1e-6)
+
+
+def test_mla_decodes_through_the_kernel_as_the_torch_path_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pocket-shaped layer: prefill, then decoding steps of a right-padded batch, kernel on and off."""
+    torch.manual_seed(0)
+    layer = MLA(preset("pocket").with_overrides(**{"bitnet.enabled": False})).eval()
+    with torch.no_grad():
+        for param in layer.parameters():
+            if param.dim() == 2:
+                param.normal_(std=param.shape[1] ** -0.5)
+    prompt = torch.randn(2, 70, layer.kv_a.in_features)
+    steps = torch.randn(2, 6, layer.kv_a.in_features)
+    calls = []
+    original = cpu_kernels.latent_attention
+    monkeypatch.setattr(cpu_kernels, "latent_attention", lambda *a, **k: calls.append(1) or original(*a, **k))
+    results = {}
+    for switch in ("0", "1"):
+        monkeypatch.setenv("NANOPRIME_KERNEL", switch)
+        cache = layer.new_cache(2, "cpu", torch.float32)
+        lengths = torch.tensor([70, 41])
+        with torch.no_grad():
+            layer(prompt, cache, torch.zeros(2, dtype=torch.long), lengths)
+            outputs = []
+            for t in range(steps.shape[1]):
+                outputs.append(layer(steps[:, t : t + 1], cache, lengths + t))
+        results[switch] = torch.cat(outputs, dim=1), cache
+    assert len(calls) == steps.shape[1], "decoding did not go through the kernel"
+    torch.testing.assert_close(results["1"][0], results["0"][0], rtol=1e-5, atol=1e-5)
+    for field in ("latent", "k_rope"):
+        assert torch.equal(getattr(results["1"][1], field), getattr(results["0"][1], field))
