@@ -55,6 +55,33 @@ def test_arithmetic_trace_steps_are_true_single_digit_facts() -> None:
                 assert int(total) % 10 == int(digit) and int(total) // 10 == int(out)
 
 
+def test_compare_first_decides_the_sign_from_the_digits_it_wrote() -> None:
+    """Every subtraction trace opens with the comparison, and the comparison is right."""
+    generator = ArithmeticGenerator(max_digits=3, ops=("-",), compare_first=True)
+    tasks = _tasks(generator)
+    for task in tasks:
+        first = task.thinking.splitlines()[0]
+        compared = re.fullmatch(r"Compare (\d+) and (\d+): (.*)", first)
+        assert compared, first
+        a, b = int(compared.group(1)), int(compared.group(2))
+        assert a - b == task.expected
+        if a == b:
+            assert compared.group(3) == "they are equal."
+            continue
+        assert compared.group(3).endswith(f"so {max(a, b)} is larger.")
+        differ = re.search(r"differ are (\d) and (\d)", first)
+        if len(str(a)) == len(str(b)):
+            first_differing = next((x, y) for x, y in zip(str(a), str(b), strict=True) if x != y)
+            assert differ and differ.groups() == first_differing
+        else:
+            assert not differ and f"{a} has {len(str(a))} digit" in first
+        assert ("is smaller than" in task.thinking) == (a < b)
+        assert last_integer(task.thinking) == task.expected and generator.check(task, task.answer)
+    assert any(t.expected < 0 for t in tasks) and any(t.expected > 0 for t in tasks)
+    plain = ArithmeticGenerator(max_digits=3, ops=("-",)).sample(random.Random("test:0"))
+    assert not plain.thinking.startswith("Compare")
+
+
 def test_counting_answers_pass_and_corruptions_fail() -> None:
     generator = CountingGenerator()
     tasks = _tasks(generator)

@@ -64,6 +64,21 @@ def subtraction_trace(a: int, b: int) -> list[str]:
     return lines
 
 
+def comparison_line(a: int, b: int) -> str:
+    """Which of a and b is larger, decided in writing: by the digit counts, else by the first digits from the
+    left that differ. The trace then never has to guess the sign before it has looked at a digit."""
+    sa, sb = str(a), str(b)
+    if len(sa) != len(sb):
+        reason = f"{a} has {len(sa)} digit{'s' if len(sa) > 1 else ''} and {b} has {len(sb)}"
+    elif a == b:
+        return f"Compare {a} and {b}: they are equal."
+    else:
+        x, y = next((x, y) for x, y in zip(sa, sb, strict=True) if x != y)
+        reason = f"both have {len(sa)} digit{'s' if len(sa) > 1 else ''}, and the first digits from the left "
+        reason += f"that differ are {x} and {y}"
+    return f"Compare {a} and {b}: {reason}, so {max(a, b)} is larger."
+
+
 def single_digit_product_trace(a: int, d: int) -> list[str]:
     """a × d for one digit d, digit by digit with carries."""
     lines = [f"Multiply {a} by {d}:"]
@@ -102,12 +117,20 @@ def multiplication_trace(a: int, b: int) -> list[str]:
 
 
 class ArithmeticGenerator:
-    """Random a op b with op in {+, -, ×}; sizes bounded by max_digits (and multiplier_digits for ×)."""
+    """Random a op b with op in {+, -, ×}; sizes bounded by max_digits (and multiplier_digits for ×).
+
+    `compare_first` starts every subtraction's trace with comparison_line, so whether the result is negative
+    is written after the digits were looked at rather than decided by the trace's first word.
+    """
 
     name = "arithmetic"
 
     def __init__(
-        self, max_digits: int = 4, multiplier_digits: int = 2, ops: tuple[str, ...] = ("+", "-", "*")
+        self,
+        max_digits: int = 4,
+        multiplier_digits: int = 2,
+        ops: tuple[str, ...] = ("+", "-", "*"),
+        compare_first: bool = False,
     ):
         if max_digits < 1 or multiplier_digits < 1:
             raise ValueError("arithmetic generator: max_digits and multiplier_digits must be >= 1")
@@ -117,6 +140,7 @@ class ArithmeticGenerator:
         self.max_digits = max_digits
         self.multiplier_digits = multiplier_digits
         self.ops = tuple(ops)
+        self.compare_first = compare_first
 
     def _number(self, rng: random.Random, max_digits: int) -> int:
         digits = rng.randint(1, max_digits)
@@ -131,10 +155,11 @@ class ArithmeticGenerator:
             result, lines = a + b, addition_trace(a, b)
         elif op == "-":
             result = a - b
+            lines = [comparison_line(a, b)] if self.compare_first else []
             if a >= b:
-                lines = subtraction_trace(a, b)
+                lines += subtraction_trace(a, b)
             else:
-                lines = [f"{a} is smaller than {b}, so the result is negative: {a} - {b} = -({b} - {a})."]
+                lines += [f"{a} is smaller than {b}, so the result is negative: {a} - {b} = -({b} - {a})."]
                 lines += subtraction_trace(b, a)
                 lines.append(f"With the minus sign: {result}")
         else:
