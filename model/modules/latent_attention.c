@@ -6,17 +6,17 @@
  *     ql = q_nope[h] @ W_uk[h]              the query moved into latent space (nope -> C)
  *     s_j = scale * (ql . c_j + qr . k_j)   for the p_b + 1 keys j <= p_b
  *     o  = (sum_j softmax(s)_j c_j) @ W_uv[h]^T
- * which the torch path computes with a dozen ops per layer. Here the keys are read once: in blocks of
+ * which the torch path computes with some forty ops per layer. Here the keys are read once: in blocks of
  * KEY_BLOCK, transposed so the scores of a block are vector multiply-adds over keys; an online softmax keeps
  * a running maximum, sum and weighted latent per head, rescaled once per block.
  *
  * The rotation and the cache write give exactly the torch path's numbers (the same three rounded operations,
  * no FMA: the file is compiled with -ffp-contract=off), so a prefill and a decode fill the cache alike. The
  * attention itself agrees with torch's to float rounding, not bit for bit: the sums run in another order,
- * and exp is the polynomial below (within 2 ulp of expf).
+ * and exp is the polynomial below (within 1 ulp of e^x over [-87, 0]).
  *
- * A long row (MIN_SPLIT_KEYS keys and more) splits its keys over the OpenMP threads, whose partial results
- * are merged at the end (flash decoding). The split depends on the row's length and the thread count only,
+ * A long row splits its keys over the OpenMP threads, each part at least MIN_SPLIT_KEYS keys, and the parts'
+ * results are merged at the end (flash decoding). The split depends on the row's length and the thread count only,
  * never on the other rows, so a sequence gets the same numbers alone or in a batch.
  */
 #include <math.h>
