@@ -154,25 +154,69 @@ static void transpose_block(const float *c, const float *k, int64_t n, int64_t C
     }
 }
 
+#if defined(__AVX512F__)
+/* Up to HEAD_TILE heads at once, so that each 16-float load feeds that many multiply-adds: 6 heads x 4
+ * vectors = 24 running sums, within the 32 vector registers. hn is a constant at every call (see the
+ * switches below), so the compiler keeps the sums in registers. */
+#define HEAD_TILE 6
+
+/* scores[h0 + h][j] = queries[h0 + h] . key j for the block's 64 keys. */
+static inline __attribute__((always_inline)) void scores_tile(const float *queries, float keys_t[][KEY_BLOCK],
+                                                              int64_t D, int64_t h0, const int hn,
+                                                              float scores[][KEY_BLOCK]) {
+    __m512 sums[HEAD_TILE][4];
+    for (int h = 0; h < hn; h++)
+        for (int g = 0; g < 4; g++) sums[h][g] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < D; i++) {
+        __m512 key[4];
+        for (int g = 0; g < 4; g++) key[g] = _mm512_loadu_ps(&keys_t[i][16 * g]);
+        for (int h = 0; h < hn; h++) {
+            const __m512 q = _mm512_set1_ps(queries[(h0 + h) * D + i]);
+            for (int g = 0; g < 4; g++) sums[h][g] = _mm512_fmadd_ps(q, key[g], sums[h][g]);
+        }
+    }
+    for (int h = 0; h < hn; h++)
+        for (int g = 0; g < 4; g++) _mm512_storeu_ps(&scores[h0 + h][16 * g], sums[h][g]);
+}
+
+/* acc[h0 + h][d0 .. d0 + 63] += sum_j weights[h0 + h][j] * c_j[d0 .. d0 + 63] over the block's n keys. */
+static inline __attribute__((always_inline)) void accumulate_tile(const float *c, int64_t n, int64_t C,
+                                                                  int64_t d0, int64_t h0, const int hn,
+                                                                  float weights[][KEY_BLOCK], float *acc) {
+    __m512 sums[HEAD_TILE][4];
+    for (int h = 0; h < hn; h++)
+        for (int t = 0; t < 4; t++) sums[h][t] = _mm512_loadu_ps(acc + (h0 + h) * C + d0 + 16 * t);
+    for (int64_t j = 0; j < n; j++) {
+        __m512 row[4];
+        for (int t = 0; t < 4; t++) row[t] = _mm512_loadu_ps(c + j * C + d0 + 16 * t);
+        for (int h = 0; h < hn; h++) {
+            const __m512 p = _mm512_set1_ps(weights[h0 + h][j]);
+            for (int t = 0; t < 4; t++) sums[h][t] = _mm512_fmadd_ps(p, row[t], sums[h][t]);
+        }
+    }
+    for (int h = 0; h < hn; h++)
+        for (int t = 0; t < 4; t++) _mm512_storeu_ps(acc + (h0 + h) * C + d0 + 16 * t, sums[h][t]);
+}
+
+/* Calls tile(..., hn, ...) with hn a compile-time constant for each group of up to HEAD_TILE heads. */
+#define FOR_HEAD_TILES(H, h0, hn, call)                                                                        \
+    for (int64_t h0 = 0; h0 < (H); h0 += HEAD_TILE) {                                                          \
+        switch ((H) - h0 < HEAD_TILE ? (int)((H) - h0) : HEAD_TILE) {                                          \
+        case 1: { const int hn = 1; call; break; }                                                             \
+        case 2: { const int hn = 2; call; break; }                                                             \
+        case 3: { const int hn = 3; call; break; }                                                             \
+        case 4: { const int hn = 4; call; break; }                                                             \
+        case 5: { const int hn = 5; call; break; }                                                             \
+        default: { const int hn = 6; call; break; }                                                            \
+        }                                                                                                      \
+    }
+#endif
+
 /* acc[h] += sum_j weights[h][j] * c_j over the block's n keys. */
 static void accumulate(const float *c, int64_t n, int64_t H, int64_t C, float weights[][KEY_BLOCK], float *acc) {
 #if defined(__AVX512F__)
-    if (C % 16 == 0) { /* eight independent sums per 16 dimensions, so the multiply-adds overlap */
-        for (int64_t h = 0; h < H; h++) {
-            for (int64_t dim = 0; dim < C; dim += 16) {
-                __m512 sums[8];
-                for (int u = 0; u < 8; u++) sums[u] = _mm512_setzero_ps();
-                int64_t j = 0;
-                for (; j + 8 <= n; j += 8)
-                    for (int u = 0; u < 8; u++)
-                        sums[u] = _mm512_fmadd_ps(_mm512_set1_ps(weights[h][j + u]),
-                                                  _mm512_loadu_ps(c + (j + u) * C + dim), sums[u]);
-                for (; j < n; j++)
-                    sums[0] = _mm512_fmadd_ps(_mm512_set1_ps(weights[h][j]), _mm512_loadu_ps(c + j * C + dim), sums[0]);
-                for (int u = 1; u < 8; u++) sums[0] = _mm512_add_ps(sums[0], sums[u]);
-                _mm512_storeu_ps(acc + h * C + dim, _mm512_add_ps(_mm512_loadu_ps(acc + h * C + dim), sums[0]));
-            }
-        }
+    if (C % 64 == 0) {
+        for (int64_t d0 = 0; d0 < C; d0 += 64) FOR_HEAD_TILES(H, h0, hn, accumulate_tile(c, n, C, d0, h0, hn, weights, acc))
         return;
     }
 #endif
@@ -188,27 +232,10 @@ static void accumulate(const float *c, int64_t n, int64_t H, int64_t C, float we
 /* scores[h][j] = queries[h] . key j, from the transposed block. */
 static void block_scores(const float *queries, float keys_t[][KEY_BLOCK], int64_t H, int64_t D,
                          float scores[][KEY_BLOCK]) {
-    int64_t h = 0;
 #if defined(__AVX512F__) && KEY_BLOCK == 64
-    for (; h + 2 <= H; h += 2) { /* two heads at once: eight independent sums */
-        const float *q0 = queries + h * D, *q1 = q0 + D;
-        __m512 sums[2][4];
-        for (int g = 0; g < 4; g++) sums[0][g] = sums[1][g] = _mm512_setzero_ps();
-        for (int64_t i = 0; i < D; i++) {
-            const __m512 a = _mm512_set1_ps(q0[i]), b = _mm512_set1_ps(q1[i]);
-            for (int g = 0; g < 4; g++) {
-                const __m512 key = _mm512_loadu_ps(&keys_t[i][16 * g]);
-                sums[0][g] = _mm512_fmadd_ps(a, key, sums[0][g]);
-                sums[1][g] = _mm512_fmadd_ps(b, key, sums[1][g]);
-            }
-        }
-        for (int g = 0; g < 4; g++) {
-            _mm512_storeu_ps(&scores[h][16 * g], sums[0][g]);
-            _mm512_storeu_ps(&scores[h + 1][16 * g], sums[1][g]);
-        }
-    }
-#endif
-    for (; h < H; h++) {
+    FOR_HEAD_TILES(H, h0, hn, scores_tile(queries, keys_t, D, h0, hn, scores))
+#else
+    for (int64_t h = 0; h < H; h++) {
         float w[KEY_BLOCK]; /* a local the compiler can keep in registers over the dimensions */
         const float *q = queries + h * D;
         for (int64_t j = 0; j < KEY_BLOCK; j++) w[j] = 0.0f;
@@ -218,6 +245,7 @@ static void block_scores(const float *queries, float keys_t[][KEY_BLOCK], int64_
         }
         for (int64_t j = 0; j < KEY_BLOCK; j++) scores[h][j] = w[j];
     }
+#endif
 }
 
 /* Scores, softmax weights and weighted latents for keys [k0, k1) of one row, into the running state (H)
@@ -287,6 +315,7 @@ int nanoprime_latent_attention(const float *q, const float *latent_new,
         return -1;
     }
 
+#pragma omp parallel for schedule(static) if (B > 1)
     for (int64_t b = 0; b < B; b++) { /* the new key into the cache, the queries into latent space */
         const int64_t p = positions[b];
         const float *cos_row = cos_table + p * R, *sin_row = sin_table + p * R;
@@ -314,6 +343,7 @@ int nanoprime_latent_attention(const float *q, const float *latent_new,
                     H, C, R, running + item * H, acc + item * H * C);
     }
 
+#pragma omp parallel for schedule(static) if (B > 1)
     for (int64_t b = 0; b < B; b++) { /* merge the parts, normalise, and apply W_uv */
         for (int64_t h = 0; h < H; h++) {
             float top = -INFINITY;
