@@ -309,19 +309,19 @@ def main() -> None:
         "nanoprime_parameters": nanoprime.num_parameters(),
         "llama_parameters": sum(p.numel() for p in llama.parameters()),
         "torch_threads": torch.get_num_threads(),
-        "bitlinear_decode_kernel": cpu_kernels.enabled(),  # NANOPRIME_KERNEL=0 measures the torch path
+        "cpu_decode_kernels": cpu_kernels.enabled(),  # NANOPRIME_KERNEL=0 measures the torch path
         "machine": platform.processor() or platform.machine(),
         "load_average_at_start": os.getloadavg()[0],
         "decode": [],
     }
 
     threads = torch.get_num_threads()
-    kernel = "C kernel" if results["bitlinear_decode_kernel"] else "torch path"
+    kernel = "C kernels" if results["cpu_decode_kernels"] else "torch path"
     print(
         f"decode, batch 1, median of {args.steps} steps after a prefill of the context, the models taking "
         f"turns in blocks of 8 steps ({threads} threads)"
     )
-    print(f"BitLinear decoding: {kernel} (NANOPRIME_KERNEL=0 for the torch path)")
+    print(f"BitLinear and MLA decoding: {kernel} (NANOPRIME_KERNEL=0 for the torch path)")
     header = ["context", "NanoPrime tok/s", "Llama tok/s", "speed-up", "NP bytes/token", "Llama bytes/token"]
     print(" ".join(f"{h:>{w}}" for h, w in zip(header, WIDTHS, strict=True)))
     for context in args.contexts:
