@@ -158,6 +158,8 @@ class MLA(nn.Module):
         new_lengths: torch.Tensor | None = None,
     ) -> torch.Tensor:
         batch, steps, _ = x.shape
+        if cache is not None and past_lengths is None:
+            raise ValueError("MLA with a cache needs past_lengths")
         q = self._queries(x).view(batch, steps, self.n_heads, self.nope_dim + self.rope_dim)
         latent, k_rope = self.kv_a(x).split((self.kv_lora_rank, self.rope_dim), dim=-1)
         latent = self.kv_norm(latent)
@@ -172,8 +174,6 @@ class MLA(nn.Module):
             k_rope = apply_rope(k_rope, cos, sin)
             out = self._attend_expanded(q_nope, q_rope, latent, k_rope)
         else:
-            if past_lengths is None:
-                raise ValueError("MLA with a cache needs past_lengths")
             positions = past_lengths.unsqueeze(1) + offsets  # (B, T)
             cos, sin = self.rotary(positions)
             q_rope = apply_rope(q_rope, cos.unsqueeze(2), sin.unsqueeze(2))
@@ -197,12 +197,10 @@ class MLA(nn.Module):
         latent: torch.Tensor,
         k_rope: torch.Tensor,
         cache: MLACache,
-        past_lengths: torch.Tensor | None,
+        past_lengths: torch.Tensor,
     ) -> torch.Tensor:
         """One decoding step in one C call (latent_attention.c): the same math as _attend_absorbed, rope and
         cache write included. Returns the heads' outputs (B, H * v)."""
-        if past_lengths is None:
-            raise ValueError("MLA with a cache needs past_lengths")
         end, positions = int(past_lengths.max()) + 1, self.rotary.cos_table.shape[0]
         if end > positions:
             raise ValueError(f"position {end - 1} is past the {positions} rotary positions")
