@@ -154,7 +154,11 @@ def sample_tokens(
         for row, (p, seen) in enumerate(zip(params, seen_ids, strict=True)):
             if seen is not None:
                 apply_repetition_penalty(logits[row], seen.to(logits.device), p.repetition_penalty)
-    chosen = logits.argmax(dim=-1).tolist()
+    chosen = [0] * len(params)
+    greedy = [i for i, p in enumerate(params) if p.greedy]
+    if greedy:
+        for row, token in zip(greedy, logits[greedy].argmax(dim=-1).tolist(), strict=True):
+            chosen[row] = token
     rows = [i for i, p in enumerate(params) if not p.greedy]
     if rows:
         for row, token in zip(rows, _sample_rows(logits, params, generators, rows), strict=True):
@@ -169,13 +173,16 @@ def _sample_rows(
     rows: list[int],
 ) -> list[int]:
     device = logits.device
-    sub = logits[rows] / torch.tensor([params[i].temperature for i in rows], device=device)[:, None]
+    every_row = len(rows) == logits.shape[0]  # a decoding batch usually samples all: no copy of the rows
+    sub = (logits if every_row else logits[rows]) / torch.tensor(
+        [params[i].temperature for i in rows], device=device
+    )[:, None]
     vocab = sub.shape[-1]
-    top_k = torch.tensor([params[i].top_k or vocab for i in rows], device=device)
-    min_p = torch.tensor([params[i].min_p for i in rows], device=device)
-    top_p = torch.tensor([params[i].top_p for i in rows], device=device)
     order = None
-    if bool((top_k < vocab).any() or (min_p > 0).any() or (top_p < 1).any()):
+    if any(0 < params[i].top_k < vocab or params[i].min_p > 0 or params[i].top_p < 1 for i in rows):
+        top_k = torch.tensor([params[i].top_k or vocab for i in rows], device=device)
+        min_p = torch.tensor([params[i].min_p for i in rows], device=device)
+        top_p = torch.tensor([params[i].top_p for i in rows], device=device)
         sub, order = sub.sort(dim=-1, descending=True)
         probs = torch.softmax(sub, dim=-1)
         ranks = torch.arange(vocab, device=device)
