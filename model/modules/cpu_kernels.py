@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("ternary_linear.c", "latent_attention.c"))
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-shared", "-fPIC"]
 OPENMP = "-fopenmp"
-BLOCK_INPUTS = 128
+TILE_OUTPUTS = 16  # ternary_linear.c's weight layout
+CHUNK_INPUTS = 16
 # Even on a single thread the kernel beat torch's fp32 matmul of the same integers at every row count on one
 # or two threads (pocket 384 -> 2048, 256 rows: 1.7 ms vs 3.7 ms on one thread, 2.0 ms on two). Many threads
 # were not measured against torch's matmul, which uses them well on long inputs: past MAX_ROWS rows the
@@ -128,13 +129,16 @@ def _cpu_flags() -> str:
 
 
 def pack_blocks(values: torch.Tensor) -> torch.Tensor:
-    """(out, in) ternary values -> the kernel's layout: (out / 2, blocks, 2, 32) uint8 codes t + 1."""
+    """(out, in) ternary values -> the kernel's layout (see ternary_linear.c): (tiles, chunks, 64) uint8,
+    byte 4j + m of a chunk holding the codes t + 1 of tile output j, chunk inputs 4k + m at bits 2k."""
     out_features, in_features = values.shape
-    pad_in, pad_out = (-in_features) % BLOCK_INPUTS, out_features % 2
+    pad_in, pad_out = (-in_features) % CHUNK_INPUTS, (-out_features) % TILE_OUTPUTS
     codes = F.pad(values.round().to(torch.int16) + 1, (0, pad_in, 0, pad_out), value=1).to(torch.uint8)
-    codes = codes.view(out_features + pad_out, -1, 4, 32)  # [row, block, k, j]: input 128 block + 32 k + j
-    packed = codes[:, :, 0] | codes[:, :, 1] << 2 | codes[:, :, 2] << 4 | codes[:, :, 3] << 6
-    return packed.view(-1, 2, packed.shape[1], 32).transpose(1, 2).contiguous()  # rows 2p, 2p + 1 alternate
+    tiles, chunks = codes.shape[0] // TILE_OUTPUTS, codes.shape[1] // CHUNK_INPUTS
+    codes = codes.view(tiles, TILE_OUTPUTS, chunks, 4, 4)  # [tile, j, chunk, k, m]: input 16 chunk + 4 k + m
+    codes = codes.permute(0, 2, 1, 4, 3)  # [tile, chunk, j, m, k]
+    packed = codes[..., 0] | codes[..., 1] << 2 | codes[..., 2] << 4 | codes[..., 3] << 6
+    return packed.reshape(tiles, chunks, 4 * TILE_OUTPUTS).contiguous()
 
 
 def ternary_linear(

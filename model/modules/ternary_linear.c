@@ -10,22 +10,24 @@
  * matmul of the same integers; every other step is one correctly rounded operation, in the same order as
  * torch's; the file is compiled with -ffp-contract=off so nothing is fused into an FMA.
  *
- * Weight layout (made by model/modules/cpu_kernels.py): blocks of 128 inputs in 32 bytes; byte j of a
- * block holds the codes t + 1 of inputs j, j + 32, j + 64 and j + 96 at bits 0, 2, 4 and 6, so one shift
- * and one mask give 32 consecutive codes. The blocks of output rows 2p and 2p + 1 alternate
- * ([p][block][2][32]), so one 64-byte load feeds both halves of a 512-bit register. Padding has code 1
- * (t = 0) and q = 0.
+ * Weight layout (made by model/modules/cpu_kernels.py): tiles of 16 output rows, each a run of 64-byte
+ * chunks of 16 inputs. Byte 4j + m of a chunk holds the codes t + 1 of output j and inputs 4k + m at bits
+ * 2k (k = 0..3), so one shift and one mask give a vector whose 32-bit lane j holds output j's codes for four
+ * consecutive inputs: one VNNI multiply-add of it with those four activations (broadcast) adds them into
+ * lane j. A tile's 16 sums build up in the 16 lanes of one register, and no sum is ever reduced across
+ * lanes. Padding has code 1 (t = 0) and q = 0.
  *
- * Each 32-byte code vector is unpacked once and used for a group of up to eight activation rows, whose sums
- * stay in registers: decoding a batch costs little more weight traffic than decoding one sequence.
+ * Each chunk is unpacked once and used for a group of up to GROUP activation rows, whose sums stay in
+ * registers: decoding a batch costs little more weight traffic and unpacking than decoding one sequence.
  *
- * Built with OpenMP, a large product (a batch, a prompt) splits its output pairs over the threads torch is set
+ * Built with OpenMP, a large product (a batch, a prompt) splits its output tiles over the threads torch is set
  * to use: the library loads torch's own libgomp, so torch.set_num_threads applies here too. Each output is
  * still summed by one thread in one order, so the result does not depend on the thread count.
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -34,109 +36,126 @@
 #include <immintrin.h>
 #endif
 
-#define BLOCK_INPUTS 128
-#define BLOCK_BYTES 32
+#define TILE_OUTPUTS 16 /* outputs whose sums share one vector: lane j sums output j of the tile */
+#define CHUNK_INPUTS 16  /* inputs per 64-byte chunk of a tile: 16 outputs x 16 inputs x 2 bits */
+#define CHUNK_BYTES 64
 
-#define GROUP 8 /* activation rows sharing one unpacked weight block */
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define GROUP 16 /* activation rows sharing one unpacked chunk: 16 sums + 4 codes + mask in 32 registers */
+#else
+#define GROUP 8 /* 8 sums + 4 codes + 3 constants in AVX2's 16 registers */
+#endif
 /* Multiply-adds below which one thread does all: a fork and join costs a few microseconds, as much as a
  * decoding step's smaller matrices take whole. */
 #define PARALLEL_MIN_MACS (1 << 20)
 
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-static inline int32_t sum256(__m256i v) {
-    __m128i half = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    half = _mm_add_epi32(half, _mm_shuffle_epi32(half, _MM_SHUFFLE(1, 0, 3, 2)));
-    half = _mm_add_epi32(half, _mm_shuffle_epi32(half, _MM_SHUFFLE(2, 3, 0, 1)));
-    return _mm_cvtsi128_si32(half);
+static inline int32_t load_int32(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
 }
 
-/* sums[r][h] = sum_i code(2p + h, i) * q_r[i] for rows r < n of a group, output pair p. */
-static inline __attribute__((always_inline)) void pair_dot_rows(const uint8_t *w, const int8_t *q,
-                                                                int64_t in_padded, int64_t nb, int n,
-                                                                int32_t sums[GROUP][2]) {
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+/* dots[r][j] = sum_i code(j, i) * q_r[i] for the n rows of a group and the 16 outputs j of one tile. */
+static inline __attribute__((always_inline)) void tile_dot_rows(const uint8_t *w, const int8_t *q,
+                                                                int64_t in_padded, int64_t chunks, int n,
+                                                                int32_t dots[GROUP][TILE_OUTPUTS]) {
     const __m512i mask = _mm512_set1_epi8(3);
     __m512i acc[GROUP];
-    for (int r = 0; r < GROUP; r++) acc[r] = _mm512_setzero_si512();
-    for (int64_t b = 0; b < nb; b++) {
-        const __m512i packed = _mm512_loadu_si512((const void *)(w + b * 2 * BLOCK_BYTES));
+    for (int r = 0; r < n; r++) acc[r] = _mm512_setzero_si512();
+    for (int64_t c = 0; c < chunks; c++) {
+        const __m512i packed = _mm512_loadu_si512((const void *)(w + c * CHUNK_BYTES));
         __m512i codes[4];
         for (int k = 0; k < 4; k++) codes[k] = _mm512_and_si512(_mm512_srli_epi16(packed, 2 * k), mask);
         for (int r = 0; r < n; r++) {
-            const int8_t *qb = q + r * in_padded + b * BLOCK_INPUTS;
-            for (int k = 0; k < 4; k++) {
-                const __m256i qk = _mm256_loadu_si256((const __m256i *)(qb + 32 * k));
-                acc[r] = _mm512_dpbusd_epi32(acc[r], codes[k], _mm512_broadcast_i64x4(qk));
-            }
+            const int8_t *qc = q + r * in_padded + c * CHUNK_INPUTS;
+            for (int k = 0; k < 4; k++)
+                acc[r] = _mm512_dpbusd_epi32(acc[r], codes[k], _mm512_set1_epi32(load_int32(qc + 4 * k)));
         }
     }
-    for (int r = 0; r < n; r++) {
-        sums[r][0] = sum256(_mm512_castsi512_si256(acc[r]));
-        sums[r][1] = sum256(_mm512_extracti64x4_epi64(acc[r], 1));
-    }
+    for (int r = 0; r < n; r++) _mm512_storeu_si512((void *)dots[r], acc[r]);
 }
-#else
-/* sums[r][h] = sum_i code(2p + h, i) * q_r[i] for rows r < n of a group, output pair p. */
-static inline __attribute__((always_inline)) void pair_dot_rows(const uint8_t *w, const int8_t *q,
-                                                                int64_t in_padded, int64_t nb, int n,
-                                                                int32_t sums[GROUP][2]) {
+
+/* tile_dot_rows for one row, with a sum per code vector: four independent chains instead of one. */
+static void tile_dot_one(const uint8_t *w, const int8_t *q, int64_t chunks, int32_t dots[GROUP][TILE_OUTPUTS]) {
+    const __m512i mask = _mm512_set1_epi8(3);
+    __m512i acc[4];
+    for (int k = 0; k < 4; k++) acc[k] = _mm512_setzero_si512();
+    for (int64_t c = 0; c < chunks; c++) {
+        const __m512i packed = _mm512_loadu_si512((const void *)(w + c * CHUNK_BYTES));
+        for (int k = 0; k < 4; k++) {
+            const __m512i codes = _mm512_and_si512(_mm512_srli_epi16(packed, 2 * k), mask);
+            acc[k] = _mm512_dpbusd_epi32(acc[k], codes, _mm512_set1_epi32(load_int32(q + c * CHUNK_INPUTS + 4 * k)));
+        }
+    }
+    const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(acc[0], acc[1]), _mm512_add_epi32(acc[2], acc[3]));
+    _mm512_storeu_si512((void *)dots[0], sum);
+}
+#elif defined(__AVX2__)
+/* dots[r][j] = sum_i code(j, i) * q_r[i] for the n rows of a group and the 16 outputs j of one tile: one
+ * 256-bit half of each chunk (8 outputs) at a time. */
+static inline __attribute__((always_inline)) void tile_dot_rows(const uint8_t *w, const int8_t *q,
+                                                                int64_t in_padded, int64_t chunks, int n,
+                                                                int32_t dots[GROUP][TILE_OUTPUTS]) {
+    const __m256i mask = _mm256_set1_epi8(3);
+    const __m256i ones = _mm256_set1_epi16(1);
     for (int h = 0; h < 2; h++) {
-#if defined(__AVX2__)
-        const __m256i mask = _mm256_set1_epi8(3);
-        const __m256i ones = _mm256_set1_epi16(1);
         __m256i acc[GROUP];
-        for (int r = 0; r < GROUP; r++) acc[r] = _mm256_setzero_si256();
-        for (int64_t b = 0; b < nb; b++) {
-            const __m256i packed =
-                _mm256_loadu_si256((const __m256i *)(w + (b * 2 + h) * BLOCK_BYTES));
+        for (int r = 0; r < n; r++) acc[r] = _mm256_setzero_si256();
+        for (int64_t c = 0; c < chunks; c++) {
+            const __m256i packed = _mm256_loadu_si256((const __m256i *)(w + c * CHUNK_BYTES + 32 * h));
             __m256i codes[4];
             for (int k = 0; k < 4; k++) codes[k] = _mm256_and_si256(_mm256_srli_epi16(packed, 2 * k), mask);
             for (int r = 0; r < n; r++) {
-                const int8_t *qb = q + r * in_padded + b * BLOCK_INPUTS;
+                const int8_t *qc = q + r * in_padded + c * CHUNK_INPUTS;
                 /* u8 x s8 pairs into s16: |2 * 2 * 127| per pair, four of them far below 32767 */
                 __m256i sum16 = _mm256_setzero_si256();
-                for (int k = 0; k < 4; k++) {
-                    const __m256i qk = _mm256_loadu_si256((const __m256i *)(qb + 32 * k));
-                    sum16 = _mm256_add_epi16(sum16, _mm256_maddubs_epi16(codes[k], qk));
-                }
+                for (int k = 0; k < 4; k++)
+                    sum16 = _mm256_add_epi16(
+                        sum16, _mm256_maddubs_epi16(codes[k], _mm256_set1_epi32(load_int32(qc + 4 * k))));
                 acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(sum16, ones));
             }
         }
-        for (int r = 0; r < n; r++) {
-            __m128i half = _mm_add_epi32(_mm256_castsi256_si128(acc[r]), _mm256_extracti128_si256(acc[r], 1));
-            half = _mm_add_epi32(half, _mm_shuffle_epi32(half, _MM_SHUFFLE(1, 0, 3, 2)));
-            half = _mm_add_epi32(half, _mm_shuffle_epi32(half, _MM_SHUFFLE(2, 3, 0, 1)));
-            sums[r][h] = _mm_cvtsi128_si32(half);
-        }
-#else
-        for (int r = 0; r < n; r++) {
-            const int8_t *qr = q + r * in_padded;
-            int32_t acc = 0;
-            for (int64_t b = 0; b < nb; b++)
-                for (int j = 0; j < BLOCK_BYTES; j++) {
-                    const uint8_t byte = w[(b * 2 + h) * BLOCK_BYTES + j];
-                    for (int k = 0; k < 4; k++)
-                        acc += (int32_t)((byte >> (2 * k)) & 3) * qr[b * BLOCK_INPUTS + 32 * k + j];
-                }
-            sums[r][h] = acc;
-        }
-#endif
+        for (int r = 0; r < n; r++) _mm256_storeu_si256((__m256i *)(dots[r] + 8 * h), acc[r]);
     }
 }
+#else
+/* dots[r][j] = sum_i code(j, i) * q_r[i] for the n rows of a group and the 16 outputs j of one tile. */
+static inline void tile_dot_rows(const uint8_t *w, const int8_t *q, int64_t in_padded, int64_t chunks, int n,
+                                 int32_t dots[GROUP][TILE_OUTPUTS]) {
+    for (int r = 0; r < n; r++)
+        for (int j = 0; j < TILE_OUTPUTS; j++) {
+            int32_t acc = 0;
+            for (int64_t c = 0; c < chunks; c++)
+                for (int m = 0; m < 4; m++) {
+                    const uint8_t byte = w[c * CHUNK_BYTES + 4 * j + m];
+                    for (int k = 0; k < 4; k++)
+                        acc += (int32_t)((byte >> (2 * k)) & 3) * q[r * in_padded + c * CHUNK_INPUTS + 4 * k + m];
+                }
+            dots[r][j] = acc;
+        }
+}
 #endif
 
-/* pair_dot_rows with n a compile-time constant in the common cases (one sequence, a full group). */
-static void pair_dot(const uint8_t *w, const int8_t *q, int64_t in_padded, int64_t nb, int n,
-                     int32_t sums[GROUP][2]) {
+/* tile_dot_rows with n a compile-time constant in the common cases (one sequence, a full group). */
+static void tile_dot(const uint8_t *w, const int8_t *q, int64_t in_padded, int64_t chunks, int n,
+                     int32_t dots[GROUP][TILE_OUTPUTS]) {
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+    if (n == 1) {
+        tile_dot_one(w, q, chunks, dots);
+        return;
+    }
+#endif
     if (n == 1)
-        pair_dot_rows(w, q, in_padded, nb, 1, sums);
+        tile_dot_rows(w, q, in_padded, chunks, 1, dots);
     else if (n == GROUP)
-        pair_dot_rows(w, q, in_padded, nb, GROUP, sums);
+        tile_dot_rows(w, q, in_padded, chunks, GROUP, dots);
     else
-        pair_dot_rows(w, q, in_padded, nb, n, sums);
+        tile_dot_rows(w, q, in_padded, chunks, n, dots);
 }
 
-/* Quantize one row of x to int8 codes (padded with zeros to nb blocks); returns sum q, writes the factor f. */
-static int32_t quantize_row(const float *x, int64_t in, int64_t nb, double eps, int normalize, float scale,
+/* Quantize one row of x to int8 codes (zeros up to in_padded); returns sum q, writes the factor f. */
+static int32_t quantize_row(const float *x, int64_t in, int64_t in_padded, double eps, int normalize, float scale,
                             int8_t *q, float *factor) {
     float amax = 0.0f;
     for (int64_t i = 0; i < in; i++) {
@@ -154,7 +173,7 @@ static int32_t quantize_row(const float *x, int64_t in, int64_t nb, double eps, 
         sum += v;
         squares += (int64_t)v * v;
     }
-    for (int64_t i = in; i < nb * BLOCK_INPUTS; i++) q[i] = 0;
+    for (int64_t i = in; i < in_padded; i++) q[i] = 0;
     if (normalize) {
         const double a64 = (double)a;
         const double mean_square = (double)squares / (double)in / (a64 * a64);
@@ -170,10 +189,12 @@ static int32_t quantize_row(const float *x, int64_t in, int64_t nb, double eps, 
  * Returns 0, or -1 when out of memory. */
 int nanoprime_ternary_linear(const float *x, int64_t rows, int64_t in, const uint8_t *w, int64_t out,
                              float scale, const float *bias, double eps, int normalize, float *y) {
-    const int64_t nb = (in + BLOCK_INPUTS - 1) / BLOCK_INPUTS;
-    int8_t *q = aligned_alloc(64, (size_t)(rows * nb * BLOCK_INPUTS));
-    int32_t *sums = malloc(sizeof(int32_t) * (size_t)rows);
-    float *factors = malloc(sizeof(float) * (size_t)rows);
+    const int64_t chunks = (in + CHUNK_INPUTS - 1) / CHUNK_INPUTS;
+    const int64_t in_padded = chunks * CHUNK_INPUTS;
+    const size_t q_bytes = ((size_t)(rows * in_padded) + 63) / 64 * 64;
+    int8_t *q = aligned_alloc(64, q_bytes > 0 ? q_bytes : 64);
+    int32_t *sums = malloc(sizeof(int32_t) * (size_t)(rows > 0 ? rows : 1));
+    float *factors = malloc(sizeof(float) * (size_t)(rows > 0 ? rows : 1));
     if (!q || !sums || !factors) {
         free(q);
         free(sums);
@@ -181,24 +202,25 @@ int nanoprime_ternary_linear(const float *x, int64_t rows, int64_t in, const uin
         return -1;
     }
     for (int64_t r = 0; r < rows; r++)
-        sums[r] = quantize_row(x + r * in, in, nb, eps, normalize, scale, q + r * nb * BLOCK_INPUTS,
-                               &factors[r]);
-    const int64_t in_padded = nb * BLOCK_INPUTS;
-    const int64_t pairs = (out + 1) / 2;
+        sums[r] = quantize_row(x + r * in, in, in_padded, eps, normalize, scale, q + r * in_padded, &factors[r]);
+    const int64_t tiles = (out + TILE_OUTPUTS - 1) / TILE_OUTPUTS;
 #pragma omp parallel for schedule(static) if (rows * in * out >= PARALLEL_MIN_MACS)
-    for (int64_t p = 0; p < pairs; p++) {
-        const uint8_t *wp = w + p * nb * 2 * BLOCK_BYTES;
+    for (int64_t t = 0; t < tiles; t++) {
+        const uint8_t *wt = w + t * chunks * CHUNK_BYTES;
+        const int64_t o0 = t * TILE_OUTPUTS;
+        const int64_t width = out - o0 < TILE_OUTPUTS ? out - o0 : TILE_OUTPUTS;
         for (int64_t r0 = 0; r0 < rows; r0 += GROUP) {
             const int n = rows - r0 < GROUP ? (int)(rows - r0) : GROUP;
-            int32_t dots[GROUP][2];
-            pair_dot(wp, q + r0 * in_padded, in_padded, nb, n, dots);
-            for (int r = 0; r < n; r++)
-                for (int h = 0; h < 2 && 2 * p + h < out; h++) {
-                    const int64_t o = 2 * p + h;
-                    float value = (float)(dots[r][h] - sums[r0 + r]) * factors[r0 + r];
-                    if (bias) value = value + bias[o];
-                    y[(r0 + r) * out + o] = value;
-                }
+            int32_t dots[GROUP][TILE_OUTPUTS];
+            tile_dot(wt, q + r0 * in_padded, in_padded, chunks, n, dots);
+            for (int r = 0; r < n; r++) {
+                const int32_t sum = sums[r0 + r];
+                const float factor = factors[r0 + r];
+                float *yr = y + (r0 + r) * out + o0;
+                for (int64_t j = 0; j < width; j++) yr[j] = (float)(dots[r][j] - sum) * factor;
+                if (bias)
+                    for (int64_t j = 0; j < width; j++) yr[j] = yr[j] + bias[o0 + j];
+            }
         }
     }
     free(q);

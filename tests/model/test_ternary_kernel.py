@@ -45,7 +45,7 @@ def test_kernel_equals_the_torch_path_bit_for_bit(
     bias = torch.randn(out_features, generator=torch.Generator().manual_seed(3))
     blocks = cpu_kernels.pack_blocks(values)
     generator = torch.Generator().manual_seed(out_features)
-    for rows in (1, 2, 3, 4, 5, 9, 64):
+    for rows in (1, 2, 3, 4, 5, 9, 16, 17, 64):
         for magnitude in (1e-4, 1.0, 3e3):
             x = torch.randn(rows, in_features, generator=generator) * magnitude
             x[0] = 0.0 if rows > 2 else x[0]  # an all-zero token: the absmax is clamped to eps
