@@ -200,7 +200,7 @@ def latent_attention(
     at slot positions[b] of the caches (which must hold it) and returns the heads' outputs (B, H * V).
 
     q (B, H, N + R) (q_nope then q_rope per head), latent_new (B, C), k_rope_new (B, R); w_kv_b (H, N + V, C),
-    w_uv_t (H, C, V): every tensor contiguous fp32 on the CPU, positions (B) int64.
+    w_uv_t (H, C, V): every tensor contiguous fp32 on the CPU but the caches, fp16; positions (B) int64.
     """
     lib = lib or library()
     if lib is None:
@@ -212,6 +212,10 @@ def latent_attention(
     tensors += (cache_k_rope, w_kv_b, w_uv_t)
     if not all(t.is_contiguous() for t in tensors):
         raise ValueError("latent_attention needs contiguous tensors")
+    if cache_latent.dtype != torch.float16 or cache_k_rope.dtype != torch.float16:
+        raise ValueError(
+            f"latent_attention needs fp16 caches, got {cache_latent.dtype} and {cache_k_rope.dtype}"
+        )
     out = torch.empty(batch, heads * v_dim, dtype=torch.float32)
     status = lib.nanoprime_latent_attention(
         *(t.data_ptr() for t in tensors[:8]),

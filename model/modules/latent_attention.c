@@ -10,8 +10,10 @@
  * KEY_BLOCK, transposed so the scores of a block are vector multiply-adds over keys; an online softmax keeps
  * a running maximum, sum and weighted latent per head, rescaled once per block.
  *
- * The rotation and the cache write give exactly the torch path's numbers (the same three rounded operations,
- * no FMA: the file is compiled with -ffp-contract=off), so a prefill and a decode fill the cache alike. The
+ * The cache holds IEEE half floats (MLACache: half the bytes of fp32 to read per token). The rotation and
+ * the cache write give exactly the torch path's numbers (the same three rounded operations, no FMA: the file
+ * is compiled with -ffp-contract=off; then a round to nearest even into half, as torch's .to(float16)), so a
+ * prefill and a decode fill the cache alike. The
  * attention itself agrees with torch's to float rounding, not bit for bit: the sums run in another order,
  * and exp is the polynomial below (within 1 ulp of e^x over [-87, 0]).
  *
@@ -26,7 +28,7 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
 
@@ -38,6 +40,49 @@
 #else
 #define MULADD(a, b, c) ((a) * (b) + (c))
 #endif
+
+/* IEEE half <-> float. With F16C, one instruction each; else the same rounding (to nearest, ties to even,
+ * subnormals kept) in integer steps. NaNs stay NaNs, without their payload. */
+static inline uint16_t half_from_float(float value) {
+#if defined(__F16C__)
+    return (uint16_t)_cvtss_sh(value, _MM_FROUND_TO_NEAREST_INT);
+#else
+    uint32_t bits;
+    memcpy(&bits, &value, sizeof bits);
+    const uint16_t sign = (uint16_t)((bits >> 16) & 0x8000);
+    const uint32_t magnitude = bits & 0x7fffffff;
+    if (magnitude > 0x7f800000) return sign | 0x7e00;   /* NaN */
+    if (magnitude >= 0x477ff000) return sign | 0x7c00;  /* 65520 and up round to infinity */
+    if (magnitude < 0x38800000) {                        /* below 2^-14: a subnormal half (units of 2^-24) */
+        if (magnitude <= 0x33000000) return sign;        /* up to 2^-25, the tie, rounds to zero */
+        const uint32_t shift = 126 - (magnitude >> 23), mantissa = (magnitude & 0x7fffff) | 0x800000;
+        uint32_t units = mantissa >> shift;
+        const uint32_t rest = mantissa & ((1u << shift) - 1), tie = 1u << (shift - 1);
+        units += rest > tie || (rest == tie && (units & 1));
+        return sign | (uint16_t)units;
+    }
+    uint32_t half = (magnitude - 0x38000000) >> 13; /* exponent rebased from 127 to 15, 10 mantissa bits */
+    const uint32_t rest = magnitude & 0x1fff;
+    half += rest > 0x1000 || (rest == 0x1000 && (half & 1)); /* a carry moves into the exponent, as it should */
+    return sign | (uint16_t)half;
+#endif
+}
+
+static inline float float_from_half(uint16_t half) {
+#if defined(__F16C__)
+    return _cvtsh_ss(half);
+#else
+    const uint32_t sign = (uint32_t)(half & 0x8000) << 16, exponent = (half >> 10) & 0x1f, mantissa = half & 0x3ff;
+    if (exponent == 0) { /* zero or subnormal: mantissa * 2^-24, exact in float */
+        const float magnitude = (float)mantissa * 5.9604644775390625e-08f;
+        return sign ? -magnitude : magnitude;
+    }
+    const uint32_t bits = sign | (exponent == 0x1f ? 0x7f800000 : (exponent + 112) << 23) | (mantissa << 13);
+    float value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+#endif
+}
 
 /* e^x for x <= 0 (larger x are not asked for: x is a score minus the running maximum). Range reduction by
  * ln 2 in two parts, then a degree-7 Taylor polynomial on |r| <= ln(2) / 2 (truncation below 1e-8). Written
@@ -101,6 +146,11 @@ static inline float block_sum(const float *x) {
 }
 
 #if defined(__AVX512F__)
+/* 16 halves from memory as 16 floats. */
+static inline __m512 load_halves(const uint16_t *p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+
 /* Transposes a 16 x 16 tile held as 16 rows: afterwards rows[i] holds column i. */
 static inline void transpose16(__m512 rows[16]) {
     __m512 t[16];
@@ -129,18 +179,18 @@ static inline void transpose16(__m512 rows[16]) {
 }
 #endif
 
-/* keys_t[i][j] = dimension i of key j of the block ([c ; k]), zero past its n keys. */
-static void transpose_block(const float *c, const float *k, int64_t n, int64_t C, int64_t R,
+/* keys_t[i][j] = dimension i of key j of the block ([c ; k], halves), zero past its n keys. */
+static void transpose_block(const uint16_t *c, const uint16_t *k, int64_t n, int64_t C, int64_t R,
                             float keys_t[][KEY_BLOCK]) {
 #if defined(__AVX512F__)
     if (C % 16 == 0 && R % 16 == 0) {
         for (int64_t group = 0; group < KEY_BLOCK; group += 16) {
             for (int64_t dim = 0; dim < C + R; dim += 16) {
-                const float *source = dim < C ? c + dim : k + (dim - C);
+                const uint16_t *source = dim < C ? c + dim : k + (dim - C);
                 const int64_t stride = dim < C ? C : R;
                 __m512 rows[16];
                 for (int64_t r = 0; r < 16; r++)
-                    rows[r] = group + r < n ? _mm512_loadu_ps(source + (group + r) * stride) : _mm512_setzero_ps();
+                    rows[r] = group + r < n ? load_halves(source + (group + r) * stride) : _mm512_setzero_ps();
                 transpose16(rows);
                 for (int64_t i = 0; i < 16; i++) _mm512_storeu_ps(&keys_t[dim + i][group], rows[i]);
             }
@@ -149,8 +199,8 @@ static void transpose_block(const float *c, const float *k, int64_t n, int64_t C
     }
 #endif
     for (int64_t j = 0; j < KEY_BLOCK; j++) {
-        for (int64_t i = 0; i < C; i++) keys_t[i][j] = j < n ? c[j * C + i] : 0.0f;
-        for (int64_t i = 0; i < R; i++) keys_t[C + i][j] = j < n ? k[j * R + i] : 0.0f;
+        for (int64_t i = 0; i < C; i++) keys_t[i][j] = j < n ? float_from_half(c[j * C + i]) : 0.0f;
+        for (int64_t i = 0; i < R; i++) keys_t[C + i][j] = j < n ? float_from_half(k[j * R + i]) : 0.0f;
     }
 }
 
@@ -180,7 +230,7 @@ static inline __attribute__((always_inline)) void scores_tile(const float *queri
 }
 
 /* acc[h0 + h][d0 .. d0 + 63] += sum_j weights[h0 + h][j] * c_j[d0 .. d0 + 63] over the block's n keys. */
-static inline __attribute__((always_inline)) void accumulate_tile(const float *c, int64_t n, int64_t C,
+static inline __attribute__((always_inline)) void accumulate_tile(const uint16_t *c, int64_t n, int64_t C,
                                                                   int64_t d0, int64_t h0, const int hn,
                                                                   float weights[][KEY_BLOCK], float *acc) {
     __m512 sums[HEAD_TILE][4];
@@ -188,7 +238,7 @@ static inline __attribute__((always_inline)) void accumulate_tile(const float *c
         for (int t = 0; t < 4; t++) sums[h][t] = _mm512_loadu_ps(acc + (h0 + h) * C + d0 + 16 * t);
     for (int64_t j = 0; j < n; j++) {
         __m512 row[4];
-        for (int t = 0; t < 4; t++) row[t] = _mm512_loadu_ps(c + j * C + d0 + 16 * t);
+        for (int t = 0; t < 4; t++) row[t] = load_halves(c + j * C + d0 + 16 * t);
         for (int h = 0; h < hn; h++) {
             const __m512 p = _mm512_set1_ps(weights[h0 + h][j]);
             for (int t = 0; t < 4; t++) sums[h][t] = _mm512_fmadd_ps(p, row[t], sums[h][t]);
@@ -213,7 +263,8 @@ static inline __attribute__((always_inline)) void accumulate_tile(const float *c
 #endif
 
 /* acc[h] += sum_j weights[h][j] * c_j over the block's n keys. */
-static void accumulate(const float *c, int64_t n, int64_t H, int64_t C, float weights[][KEY_BLOCK], float *acc) {
+static void accumulate(const uint16_t *c, int64_t n, int64_t H, int64_t C, float weights[][KEY_BLOCK],
+                       float *acc) {
 #if defined(__AVX512F__)
     if (C % 64 == 0) {
         for (int64_t d0 = 0; d0 < C; d0 += 64) FOR_HEAD_TILES(H, h0, hn, accumulate_tile(c, n, C, d0, h0, hn, weights, acc))
@@ -224,7 +275,7 @@ static void accumulate(const float *c, int64_t n, int64_t H, int64_t C, float we
         for (int64_t h = 0; h < H; h++) {
             const float p = weights[h][j];
             float *a = acc + h * C;
-            for (int64_t i = 0; i < C; i++) a[i] = MULADD(p, c[j * C + i], a[i]);
+            for (int64_t i = 0; i < C; i++) a[i] = MULADD(p, float_from_half(c[j * C + i]), a[i]);
         }
     }
 }
@@ -250,14 +301,14 @@ static void block_scores(const float *queries, float keys_t[][KEY_BLOCK], int64_
 
 /* Scores, softmax weights and weighted latents for keys [k0, k1) of one row, into the running state (H)
  * and acc (H x C), which start at {-inf, 0} and zeros. queries: (H, C + R), [ql ; qr] * scale. */
-static void attend_keys(const float *queries, const float *latent, const float *k_rope, int64_t k0, int64_t k1,
+static void attend_keys(const float *queries, const uint16_t *latent, const uint16_t *k_rope, int64_t k0, int64_t k1,
                         int64_t H, int64_t C, int64_t R, Running *running, float *acc) {
     const int64_t D = C + R;
     float keys_t[D][KEY_BLOCK];  /* the block's keys [c ; k], transposed: one row per dimension */
     float weights[H][KEY_BLOCK]; /* scores, then softmax weights */
     for (int64_t start = k0; start < k1; start += KEY_BLOCK) {
         const int64_t n = k1 - start < KEY_BLOCK ? k1 - start : KEY_BLOCK;
-        const float *c = latent + start * C;
+        const uint16_t *c = latent + start * C;
         transpose_block(c, k_rope + start * R, n, C, R, keys_t);
         block_scores(queries, keys_t, H, D, weights);
         for (int64_t h = 0; h < H; h++) {
@@ -288,12 +339,12 @@ static int64_t key_splits(int64_t n_keys, int threads) {
 /* q (B, H, N + R): per head q_nope then q_rope; latent_new (B, C), k_rope_new (B, R): the step's projections
  * (latent already normalised, ropes not yet rotated). cos_table, sin_table (positions, R): rope.RotaryEmbedding's.
  * positions (B): each row's slot for this token. cache_latent (B, capacity, C), cache_k_rope
- * (B, capacity, R): written at the row's slot, read up to it. w_uk (H, N + V, C): kv_b's weight per head
+ * (B, capacity, R), halves: written at the row's slot, read up to it. w_uk (H, N + V, C): kv_b's weight per head
  * (its first N rows per head are W_uk); w_uv_t (H, C, V): W_uv transposed. out (B, H * V).
  * Returns 0, or -1 if a scratch buffer could not be allocated. */
 int nanoprime_latent_attention(const float *q, const float *latent_new,
                                const float *k_rope_new, const float *cos_table, const float *sin_table,
-                               const int64_t *positions, float *cache_latent, float *cache_k_rope,
+                               const int64_t *positions, uint16_t *cache_latent, uint16_t *cache_k_rope,
                                int64_t capacity, const float *w_uk, const float *w_uv_t, int64_t B, int64_t H,
                                int64_t N, int64_t V, int64_t C, int64_t R, float scale, float *out) {
     const int64_t D = C + R;
@@ -319,8 +370,10 @@ int nanoprime_latent_attention(const float *q, const float *latent_new,
     for (int64_t b = 0; b < B; b++) { /* the new key into the cache, the queries into latent space */
         const int64_t p = positions[b];
         const float *cos_row = cos_table + p * R, *sin_row = sin_table + p * R;
-        memcpy(cache_latent + (b * capacity + p) * C, latent_new + b * C, (size_t)C * sizeof(float));
-        rotate(k_rope_new + b * R, cos_row, sin_row, R, cache_k_rope + (b * capacity + p) * R);
+        float rotated[R];
+        rotate(k_rope_new + b * R, cos_row, sin_row, R, rotated);
+        for (int64_t i = 0; i < C; i++) cache_latent[(b * capacity + p) * C + i] = half_from_float(latent_new[b * C + i]);
+        for (int64_t i = 0; i < R; i++) cache_k_rope[(b * capacity + p) * R + i] = half_from_float(rotated[i]);
         for (int64_t h = 0; h < H; h++) {
             float *query = queries + (b * H + h) * D;
             const float *qn = q + (b * H + h) * (N + R), *w = w_uk + h * (N + V) * C;

@@ -281,7 +281,8 @@ def test_health_models_and_metrics_describe_the_served_model(client: httpx.Clien
     (model,) = client.get("/api/models").json()["models"]
     config = NanoPrimeConfig.load(Path(live_server.runtime.info.path) / "config.json")
     mla_layers = config.layer_pattern.count("mla")
-    assert model["cache_bytes_per_token"] == mla_layers * (config.mla.kv_lora_rank + config.mla.rope_dim) * 4
+    per_token = mla_layers * (config.mla.kv_lora_rank + config.mla.rope_dim) * 2  # fp16 latents, rope keys
+    assert model["cache_bytes_per_token"] == per_token
     assert model["context_length"] == config.max_seq_len and model["parameters"] > 0
     assert model["weights_sha256"] == weights_sha256(Path(live_server.runtime.info.path))
     assert model["card"]["seed"] == 1234 and model["card"]["model.parameters"] == model["parameters"]

@@ -25,7 +25,7 @@ def test_nbytes_counts_mla_tokens_and_fixed_mamba_state():
     mamba_bytes = sum(c.nbytes(state.lengths) for c in state.caches if isinstance(c, MambaCache))
     assert mamba_bytes > 0 and state.nbytes() == mamba_bytes  # nothing cached yet but the fixed states
     n_mla = config.layer_pattern.count("mla")
-    per_token = n_mla * (config.mla.kv_lora_rank + config.mla.rope_dim) * 4
+    per_token = n_mla * (config.mla.kv_lora_rank + config.mla.rope_dim) * 2  # fp16 latents and rope keys
     with torch.no_grad():
         model(torch.zeros(2, 9, dtype=torch.long), state, lengths=torch.tensor([9, 4]))
         assert state.nbytes() == mamba_bytes + 13 * per_token

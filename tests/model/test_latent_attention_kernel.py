@@ -34,8 +34,8 @@ def random_step(shape: tuple[int, ...], positions: list[int], seed: int = 0) -> 
         "latent_new": randn(batch, latent),
         "k_rope_new": randn(batch, rope),
         "positions": torch.tensor(positions),
-        "cache_latent": randn(batch, capacity, latent),
-        "cache_k_rope": randn(batch, capacity, rope),
+        "cache_latent": randn(batch, capacity, latent).half(),  # MLACache's dtype for an fp32 model
+        "cache_k_rope": randn(batch, capacity, rope).half(),
         "w_kv_b": w_kv_b,
         "w_uv_t": w_kv_b[:, nope:].transpose(1, 2).contiguous(),
     }
@@ -63,7 +63,8 @@ def run_kernel(
 def reference(
     step: dict[str, torch.Tensor], rotary: RotaryEmbedding, scale: float, nope: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The absorbed attention written out per row in fp64, and the caches after the write (torch's rope)."""
+    """The absorbed attention written out per row in fp64, and the fp16 caches after the write (torch's rope,
+    torch's rounding to fp16)."""
     cache_latent, cache_k_rope = step["cache_latent"].clone(), step["cache_k_rope"].clone()
     w = step["w_kv_b"].double()
     outputs = []
@@ -101,6 +102,30 @@ def test_kernel_matches_the_attention_formula(build: str, shape_name: str) -> No
     torch.testing.assert_close(got.double(), expected, rtol=2e-5, atol=2e-5)
     assert torch.equal(step["cache_latent"], cache_latent), "the new latent went to the wrong slot"
     assert torch.equal(step["cache_k_rope"], cache_k_rope), "the rotated key differs from torch's rope"
+
+
+@pytest.mark.parametrize("build", sorted(BUILDS))
+def test_the_cache_write_rounds_to_fp16_as_torch_does(build: str) -> None:
+    """Ties, subnormals, overflow, signed zero, infinities and NaN: the kernel's rounding (F16C, or the
+    integer steps of the portable builds) stores the bits that torch's .to(float16) stores."""
+    lib = cpu_kernels.build(BUILDS[build])
+    assert lib is not None
+    tiny = 2.0**-24  # the smallest fp16 subnormal
+    edges = [0.0, -0.0, 1e-9, tiny / 2, tiny / 2 * (1 + 2**-20), tiny, 1.5 * tiny, 2.5 * tiny, 1023.5 * tiny]
+    edges += [2.0**-14, 1 + 2**-11, 1 + 3 * 2**-11, -(1 + 2**-11), 65504.0, 65519.99, 65520.0, 1e6, -1e6]
+    edges += [float("inf"), float("-inf"), float("nan"), 3.14159265, -2.7182818]
+    generator = torch.Generator().manual_seed(9)
+    magnitudes = torch.exp(torch.empty(64 - len(edges)).uniform_(-20.0, 12.0, generator=generator))
+    values = torch.cat(
+        [torch.tensor(edges), magnitudes * torch.randn(magnitudes.shape, generator=generator).sign()]
+    )
+    shape = SHAPES["pocket"]
+    rotary = RotaryEmbedding(shape[4], 64)
+    step = random_step(shape, [10])
+    step["latent_new"] = values[None, :].contiguous()
+    run_kernel(step, rotary, 0.125, lib)
+    written = step["cache_latent"][0, 10]
+    assert torch.equal(written.view(torch.int16), values.half().view(torch.int16))
 
 
 def test_a_row_gets_the_same_numbers_alone_or_in_a_batch() -> None:

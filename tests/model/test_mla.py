@@ -29,8 +29,12 @@ def make_mla(seed: int = 0, dtype: torch.dtype = torch.float32, **overrides) -> 
     return layer
 
 
-def run_in_pieces(layer: MLA, x: torch.Tensor, pieces: list[int]) -> tuple[torch.Tensor, MLACache]:
-    cache = layer.new_cache(x.shape[0], x.device, x.dtype)
+def run_in_pieces(
+    layer: MLA, x: torch.Tensor, pieces: list[int], cache_dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, MLACache]:
+    """The layer's output fed in pieces through a cache in the input's precision (unless `cache_dtype` says
+    otherwise), so that a tolerance measures the arithmetic alone; the default fp16 cache has its own test."""
+    cache = layer.new_cache(x.shape[0], x.device, x.dtype, cache_dtype=cache_dtype or x.dtype)
     past = torch.zeros(x.shape[0], dtype=torch.long)
     outputs, start = [], 0
     with torch.no_grad():
@@ -129,7 +133,7 @@ def test_right_padded_rows_write_and_read_their_own_positions():
             block[i, :n] = rows[i][0, start : start + n]
         return block
 
-    cache = layer.new_cache(3, "cpu")
+    cache = layer.new_cache(3, "cpu", cache_dtype=torch.float32)
     past = torch.zeros(3, dtype=torch.long)
     outputs = [[] for _ in range(3)]
     with torch.no_grad():
@@ -167,9 +171,27 @@ def test_cache_holds_the_normalised_latent_and_rotated_rope_key_only():
         torch.testing.assert_close(cache.k_rope[:, :6], rotated)
 
 
+def test_an_fp32_layer_caches_fp16_latents_and_decodes_within_their_rounding():
+    layer = make_mla()
+    x = torch.randn(2, 40, 64)
+    exact, exact_cache = run_in_pieces(layer, x, [24] + [1] * 16)
+    cache = layer.new_cache(2, "cpu")
+    assert cache.latent.dtype == cache.k_rope.dtype == torch.float16
+    past = torch.zeros(2, dtype=torch.long)
+    outputs = []
+    with torch.no_grad():
+        for start, n in [(0, 24)] + [(24 + i, 1) for i in range(16)]:
+            outputs.append(layer(x[:, start : start + n], cache, past_lengths=past))
+            past = past + n
+    assert torch.equal(cache.latent[:, :40], exact_cache.latent[:, :40].half())
+    assert torch.equal(cache.k_rope[:, :40], exact_cache.k_rope[:, :40].half())
+    difference = (torch.cat(outputs, dim=1) - exact).abs().max()
+    assert 0 < difference <= 2e-3 * exact.abs().max()  # fp16 keeps 11 significant bits
+
+
 def test_cache_grows_by_kv_lora_rank_plus_rope_dim_per_token():
     layer = make_mla()
-    per_token = (layer.kv_lora_rank + layer.rope_dim) * 4  # fp32 bytes
+    per_token = (layer.kv_lora_rank + layer.rope_dim) * 2  # fp16 bytes
     cache = layer.new_cache(2, "cpu")
     past = torch.zeros(2, dtype=torch.long)
     previous = cache.nbytes(past)
