@@ -95,11 +95,12 @@ def start_engine(args: argparse.Namespace, max_batch_size: int, max_queue: int) 
         raise CliError(f"model directory not found: {args.model}")
     import torch  # imported here so `nanoprime --help` and a wrong path answer at once
 
-    from backend.engine import Engine
+    from backend.engine import Engine, torch_on_one_thread
     from model.checkpoint import load_model_dir
 
     try:
-        model, tokenizer = load_model_dir(args.model, device=args.device)
+        with torch_on_one_thread():  # the engine's worker alone keeps a team of threads
+            model, tokenizer = load_model_dir(args.model, device=args.device)
     except (ValueError, OSError, RuntimeError) as error:
         raise CliError(f"cannot load the model in {args.model}: {error}") from error
     torch.set_grad_enabled(False)

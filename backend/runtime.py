@@ -21,7 +21,7 @@ import anyio
 import torch
 from starlette.types import Receive
 
-from backend.engine import Engine, EngineBusy
+from backend.engine import Engine, EngineBusy, torch_on_one_thread
 from backend.errors import BadRequest, Busy, Unavailable
 from backend.metrics import Metrics
 from backend.model_card import Figure, read_card
@@ -77,9 +77,10 @@ class Runtime:
                     "or point NANOPRIME_MODEL_DIR at one"
                 )
             started = time.perf_counter()
-            model, tokenizer = load_model_dir(path, device=self.settings.device)
-            model.eval()
-            info = describe_model(model, path, weights_sha256(path))
+            with torch_on_one_thread():  # the engine's worker alone keeps a team of threads
+                model, tokenizer = load_model_dir(path, device=self.settings.device)
+                model.eval()
+                info = describe_model(model, path, weights_sha256(path))
             engine = Engine(
                 model,
                 tokenizer,

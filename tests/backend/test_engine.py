@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -456,3 +459,29 @@ def test_state_cache_is_an_lru_bounded_in_bytes(model_and_tokenizer):
     assert cache.longest_prefix([1, 2, 3, 9])[0] == 0
     kept, state = cache.longest_prefix(list(range(1, 10)))
     assert kept == 7 and state is not None and torch.equal(state.lengths, states[2].lengths)
+
+
+def test_work_on_one_thread_starts_no_thread_team_and_restores_the_setting():
+    """torch_on_one_thread (model loading in the server and the CLI): a parallel op inside starts no OpenMP
+    team in the calling thread, counted in /proc/self/task, while the same op outside does; torch's thread
+    setting comes back. In a fresh process, where no thread has a team yet."""
+    script = (
+        "import os, torch\n"
+        "from backend.engine import torch_on_one_thread\n"
+        "torch.set_num_threads(2)\n"
+        "def tasks(): return len(os.listdir('/proc/self/task'))\n"
+        "big = torch.empty(4_000_000)\n"
+        "before = tasks()\n"
+        "with torch_on_one_thread():\n"
+        "    inside = torch.get_num_threads()\n"
+        "    big.mul_(2.0)\n"
+        "during = tasks() - before\n"
+        "big.mul_(2.0)\n"
+        "print(inside, torch.get_num_threads(), during, tasks() - before)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "2", "0", "1"]
