@@ -2,8 +2,8 @@
 
 All in one run, on random weights (speed does not depend on what the weights say):
   1. batch-1 decode tokens/s at several contexts, NanoPrime (served form, loaded from a model directory) vs
-     transformers' LlamaForCausalLM with its KV cache (targets: >= 2x at 128, >= 4x at 4096), the two
-     taking turns in blocks of consecutive steps;
+     transformers' LlamaForCausalLM with its KV cache (targets: >= 2x at 128, >= 4x at 4096), every model
+     and context taking turns in blocks of consecutive steps;
   2. NanoPrime's per-token decode time at the longest context / the shortest (target <= 1.3x), and the
      torch ops each model calls per decode step (beyond the matmuls, a step's cost here is mostly per op);
   3. aggregate tokens/s through the engine with 1, 4 and 16 concurrent sequences (target: 16 >= 6x one);
@@ -88,51 +88,71 @@ def build_tokenizer(vocab_size: int) -> Tokenizer:
 # ---- 1, 2, 4: batch-1 decode -----------------------------------------------------------------------------
 @torch.inference_mode()
 def decode_side_by_side(
-    nanoprime: NanoPrime, llama: LlamaForCausalLM, context: int, steps: int, block: int = 8
-) -> dict[str, Any]:
-    """Greedy decode steps after a `context`-token prefill: median seconds per step, cache bytes at the end.
+    nanoprime: NanoPrime, llama: LlamaForCausalLM, contexts: list[int], steps: int, block: int = 8
+) -> dict[int, dict[str, Any]]:
+    """Greedy decode steps after a prefill of each context: median seconds per step and cache bytes at the
+    end, for both models at every context.
 
-    The models take turns in blocks of `block` consecutive steps, so that both see the same machine load over
-    the run while each runs as a server runs it, step after step. Single alternating steps would time each
-    model right after the other has swept the CPU caches: at 4096 Llama's step reads ~100 MB of KV cache and
-    evicts NanoPrime's whole working set (~20 MB), which then dominates NanoPrime's time. A block's first step
-    (cold caches) is timed too; the median looks past it.
+    Every (model, context) pair takes turns with the others in blocks of `block` consecutive steps (NanoPrime
+    then Llama at each context, the other way round in the next round), so that all the timings compared
+    (the two models, and one model at two contexts) see the same machine load over the run, while each runs
+    as a server runs it, step after step. Single alternating steps would time each model right after the
+    other has swept the CPU caches: at 4096 Llama's step reads ~100 MB of KV cache and evicts NanoPrime's
+    whole working set (~20 MB), which then dominates NanoPrime's time. A block's first step (cold caches) is
+    timed too; the median looks past it.
     """
-    ids = torch.randint(
-        0, nanoprime.config.vocab_size, (1, context), generator=torch.Generator().manual_seed(1)
-    )
-    state = nanoprime.new_state(batch_size=1)
-    logits, state = nanoprime(ids, state)
-    np_token = logits[:, -1:].argmax(-1)
-    out = llama(ids, use_cache=True)
-    cache, ll_token = out.cache, out.logits[:, -1:].argmax(-1)
-
-    def np_step() -> None:
-        nonlocal np_token
-        np_token = nanoprime(np_token, state)[0][:, -1:].argmax(-1)
-
-    def ll_step() -> None:
-        nonlocal ll_token
-        ll_token = llama(ll_token, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
-
-    times: dict[str, list[float]] = {"nanoprime": [], "llama": []}
-    order = [("nanoprime", np_step), ("llama", ll_step)]
-    for _, run in order:  # warm-up: first calls, cache growth
+    runs: dict[tuple[str, int], Any] = {}
+    finals: dict[int, Any] = {}
+    for context in contexts:
+        ids = torch.randint(
+            0, nanoprime.config.vocab_size, (1, context), generator=torch.Generator().manual_seed(context)
+        )
+        state = nanoprime.new_state(batch_size=1)
+        logits, state = nanoprime(ids, state)
+        out = llama(ids, use_cache=True)
+        runs[("nanoprime", context)] = _stepper(
+            lambda token, state=state: nanoprime(token, state)[0], logits[:, -1:].argmax(-1)
+        )
+        runs[("llama", context)] = _stepper(
+            lambda token, cache=out.cache: llama(token, cache=cache, use_cache=True).logits,
+            out.logits[:, -1:].argmax(-1),
+        )
+        finals[context] = (state, out.cache)
+    for run in runs.values():  # warm-up: first calls, cache growth
         for _ in range(2):
             run()
-    for turn in range(2 * -(-steps // block)):
-        name, run = order[turn % 2] if turn % 4 < 2 else order[1 - turn % 2]  # NP, Llama, Llama, NP, ...
-        for _ in range(block):
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {
-        "nanoprime_s": statistics.median(times["nanoprime"]),
-        "llama_s": statistics.median(times["llama"]),
-        "nanoprime_cache_bytes": state.nbytes(),
-        "llama_cache_bytes": sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers),
-        "tokens": context + 2 + len(times["nanoprime"]),
-    }
+    times: dict[tuple[str, int], list[float]] = {key: [] for key in runs}
+    for turn in range(-(-steps // block)):
+        for context in contexts:
+            names = ("nanoprime", "llama") if turn % 2 == 0 else ("llama", "nanoprime")
+            for name in names:
+                run = runs[(name, context)]
+                for _ in range(block):
+                    start = time.perf_counter()
+                    run()
+                    times[(name, context)].append(time.perf_counter() - start)
+    results = {}
+    for context in contexts:
+        state, cache = finals[context]
+        results[context] = {
+            "nanoprime_s": statistics.median(times[("nanoprime", context)]),
+            "llama_s": statistics.median(times[("llama", context)]),
+            "nanoprime_cache_bytes": state.nbytes(),
+            "llama_cache_bytes": sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers),
+            "tokens": context + 2 + len(times[("nanoprime", context)]),
+        }
+    return results
+
+
+def _stepper(step: Any, first_token: torch.Tensor) -> Any:
+    """A function that feeds the last greedy token to `step` (token -> logits) and keeps the next one."""
+    token = first_token
+
+    def run() -> None:
+        nonlocal token
+        token = step(token)[:, -1:].argmax(-1)
+
+    return run
 
 
 class _OpCounter(TorchFunctionMode):
@@ -318,14 +338,15 @@ def main() -> None:
     threads = torch.get_num_threads()
     kernel = "C kernels" if results["cpu_decode_kernels"] else "torch path"
     print(
-        f"decode, batch 1, median of {args.steps} steps after a prefill of the context, the models taking "
-        f"turns in blocks of 8 steps ({threads} threads)"
+        f"decode, batch 1, median of {args.steps} steps after a prefill of the context, every model and "
+        f"context taking turns in blocks of 8 steps ({threads} threads)"
     )
     print(f"BitLinear and MLA decoding: {kernel} (NANOPRIME_KERNEL=0 for the torch path)")
     header = ["context", "NanoPrime tok/s", "Llama tok/s", "speed-up", "NP bytes/token", "Llama bytes/token"]
     print(" ".join(f"{h:>{w}}" for h, w in zip(header, WIDTHS, strict=True)))
+    side_by_side = decode_side_by_side(nanoprime, llama, args.contexts, args.steps)
     for context in args.contexts:
-        measured = decode_side_by_side(nanoprime, llama, context, args.steps)
+        measured = side_by_side[context]
         np_ms, ll_ms = measured["nanoprime_s"] * 1e3, measured["llama_s"] * 1e3
         np_bytes, ll_bytes, tokens = (
             measured["nanoprime_cache_bytes"],
