@@ -154,26 +154,70 @@ static void tile_dot(const uint8_t *w, const int8_t *q, int64_t in_padded, int64
         tile_dot_rows(w, q, in_padded, chunks, n, dots);
 }
 
-/* Quantize one row of x to int8 codes (zeros up to in_padded); returns sum q, writes the factor f. */
-static int32_t quantize_row(const float *x, int64_t in, int64_t in_padded, double eps, int normalize, float scale,
-                            int8_t *q, float *factor) {
-    float amax = 0.0f;
+/* max |x_i|, and q_i = round_half_even(x_i * a) into q (zeros up to in_padded) with the sums of q_i and q_i^2:
+ * the activation quantizer's two passes over a row. */
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+static float row_absmax(const float *x, int64_t in) {
+    __m512 top = _mm512_setzero_ps();
+    for (int64_t i = 0; i < in; i += 16) {
+        const __mmask16 valid = in - i >= 16 ? 0xffff : (__mmask16)((1u << (in - i)) - 1);
+        const __m512 v = _mm512_abs_ps(_mm512_maskz_loadu_ps(valid, x + i));
+        top = _mm512_max_ps(v, top); /* a NaN in x is passed over, as the scalar v > top ? v : top does */
+    }
+    return _mm512_reduce_max_ps(top);
+}
+
+static int32_t quantize_codes(const float *x, int64_t in, int64_t in_padded, float a, int8_t *q,
+                              int64_t *squares) {
+    const __m512 scale = _mm512_set1_ps(a);
+    __m512i sum = _mm512_setzero_si512(), square_sum = _mm512_setzero_si512();
+    for (int64_t i = 0; i < in_padded; i += 16) { /* in_padded is a multiple of 16: zeros past in */
+        const __mmask16 valid = in - i >= 16 ? 0xffff : in > i ? (__mmask16)((1u << (in - i)) - 1) : 0;
+        const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(valid, x + i), scale));
+        _mm_storeu_si128((__m128i *)(q + i), _mm512_cvtepi32_epi8(v)); /* |v| <= 127: no saturation */
+        sum = _mm512_add_epi32(sum, v);
+        square_sum = _mm512_add_epi32(square_sum, _mm512_mullo_epi32(v, v)); /* < 2^31 per lane */
+    }
+    const __m512i wide = _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(square_sum)),
+                                          _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(square_sum, 1)));
+    *squares = _mm512_reduce_add_epi64(wide);
+    return _mm512_reduce_add_epi32(sum);
+}
+#else
+static float row_absmax(const float *x, int64_t in) {
+    float top = 0.0f;
     for (int64_t i = 0; i < in; i++) {
         const float v = fabsf(x[i]);
-        amax = v > amax ? v : amax;
+        top = v > top ? v : top;
     }
-    const float eps_f = (float)eps;
-    if (amax < eps_f) amax = eps_f;
-    const float a = (1.0f / amax) * 127.0f;
+    return top;
+}
+
+static int32_t quantize_codes(const float *x, int64_t in, int64_t in_padded, float a, int8_t *q,
+                              int64_t *squares) {
     int32_t sum = 0;
-    int64_t squares = 0;
+    *squares = 0;
     for (int64_t i = 0; i < in; i++) {
         const int32_t v = (int32_t)nearbyintf(x[i] * a);
         q[i] = (int8_t)v;
         sum += v;
-        squares += (int64_t)v * v;
+        *squares += (int64_t)v * v;
     }
     for (int64_t i = in; i < in_padded; i++) q[i] = 0;
+    return sum;
+}
+#endif
+
+/* Quantize one row of x to int8 codes (zeros up to in_padded); returns sum q, writes the factor f. The
+ * vector path rounds with the default rounding mode, to nearest even, as nearbyintf does. */
+static int32_t quantize_row(const float *x, int64_t in, int64_t in_padded, double eps, int normalize, float scale,
+                            int8_t *q, float *factor) {
+    float amax = row_absmax(x, in);
+    const float eps_f = (float)eps;
+    if (amax < eps_f) amax = eps_f;
+    const float a = (1.0f / amax) * 127.0f;
+    int64_t squares;
+    const int32_t sum = quantize_codes(x, in, in_padded, a, q, &squares);
     if (normalize) {
         const double a64 = (double)a;
         const double mean_square = (double)squares / (double)in / (a64 * a64);
