@@ -15,27 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from latent_attention import median_seconds  # the sibling benchmark (scripts run from benchmarks/)
 
 from model.config import preset
 from model.modules import cpu_kernels
 from model.modules.bitnet import ternary_product
-
-
-def median_seconds(run, repeats: int) -> float:
-    for _ in range(5):
-        run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def pocket_shapes() -> dict[str, tuple[int, int]]:
