@@ -49,8 +49,11 @@ async function openApp(settings: Record<string, unknown>, path = "/"): Promise<P
 
 const assistants = (page: Page) => page.getByTestId("message-assistant");
 
+/** Types and sends a message, once the composer takes one: right after an answer's last token the page may
+ * still be closing the stream, and an Enter pressed then would send nothing. */
 async function send(page: Page, text: string): Promise<void> {
   await page.getByTestId("composer-input").fill(text);
+  await page.waitForFunction(() => document.querySelector('[data-testid="send-button"]:not([disabled])') !== null);
   await page.getByTestId("composer-input").press("Enter");
 }
 
