@@ -7,6 +7,9 @@
 - MLA's decoding step (latent_attention.c): rope, cache write and absorbed attention in one call instead of
   some forty torch ops per layer, reading the cached latents once. It agrees with the torch path to float
   rounding.
+- Mamba-2's decoding step (mamba2_step.c): conv, state update, readout and gated norm in one call instead of
+  some thirty torch ops per layer, reading and writing each state once. It agrees with the torch path to
+  float rounding.
 
 The library is compiled with the system C compiler (`cc`, or $CC) for this CPU into $NANOPRIME_KERNEL_DIR
 (default ~/.cache/nanoprime), with OpenMP where the compiler has it (large products then use torch's threads);
@@ -31,7 +34,10 @@ import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("ternary_linear.c", "latent_attention.c"))
+SOURCES = tuple(
+    Path(__file__).with_name(name) for name in ("ternary_linear.c", "latent_attention.c", "mamba2_step.c")
+)
+HEADERS = (Path(__file__).with_name("fast_exp.h"),)
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-shared", "-fPIC"]
 OPENMP = "-fopenmp"
 TILE_OUTPUTS = 16  # ternary_linear.c's weight layout
@@ -66,7 +72,7 @@ def build(flags: tuple[str, ...]) -> ctypes.CDLL | None:
     if compiler is None:
         log.info("no C compiler: BitLinear and MLA decode with the torch path")
         return None
-    source = b"".join(path.read_bytes() for path in SOURCES)
+    source = b"".join(path.read_bytes() for path in SOURCES + HEADERS)
     identity = " ".join([compiler, *flags, platform.machine(), _cpu_flags()])
     key = hashlib.sha256(source + identity.encode()).hexdigest()
     directory = Path(os.environ.get("NANOPRIME_KERNEL_DIR", Path.home() / ".cache" / "nanoprime"))
@@ -112,6 +118,17 @@ def build(flags: tuple[str, ...]) -> ctypes.CDLL | None:
         pointer,  # w_uv_t
         *[size] * 6,  # B, H, N, V, C, R
         ctypes.c_float,  # scale
+        pointer,  # out
+    ]
+    lib.nanoprime_mamba2_step.restype = None
+    lib.nanoprime_mamba2_step.argtypes = [
+        pointer,  # proj
+        *[size] * 5,  # B, H, P, G, N
+        pointer,  # conv window
+        size,  # W
+        *[pointer] * 6,  # conv weight, conv bias or NULL, dt_bias, A_log, D, norm weight
+        ctypes.c_float,  # eps
+        pointer,  # ssm state
         pointer,  # out
     ]
     lib.nanoprime_kernel_threads.restype = ctypes.c_int
@@ -233,4 +250,55 @@ def latent_attention(
     )
     if status != 0:
         raise MemoryError("the MLA decoding kernel could not allocate its scratch buffers")
+    return out
+
+
+def mamba2_step(
+    proj: torch.Tensor,
+    conv_window: torch.Tensor,
+    ssm: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None,
+    dt_bias: torch.Tensor,
+    A_log: torch.Tensor,  # noqa: N803 (the paper's name)
+    D: torch.Tensor,  # noqa: N803
+    norm_weight: torch.Tensor,
+    n_groups: int,
+    eps: float,
+    lib: ctypes.CDLL | None = None,
+) -> torch.Tensor:
+    """One Mamba-2 decoding step for B rows; see mamba2_step.c. Moves conv_window (B, channels, W) on and
+    updates ssm (B, H, P, N) in place; returns the gated norm's output (B, H * P), out_proj's input.
+
+    proj (B, H * P + channels + H) is in_proj's output; conv_weight (channels, 1, W + 1) is the Conv1d's.
+    Every tensor contiguous fp32 on the CPU.
+    """
+    lib = lib or library()
+    if lib is None:
+        raise RuntimeError("the CPU kernels are not available (check enabled() first)")
+    batch, heads, head_dim, d_state = ssm.shape
+    tensors = [proj, conv_window, ssm, conv_weight, dt_bias, A_log, D, norm_weight]
+    tensors += [] if conv_bias is None else [conv_bias]
+    if not all(t.is_contiguous() and t.dtype == torch.float32 for t in tensors):
+        raise ValueError("mamba2_step needs contiguous fp32 tensors")
+    out = torch.empty(batch, heads * head_dim, dtype=torch.float32)
+    lib.nanoprime_mamba2_step(
+        proj.data_ptr(),
+        batch,
+        heads,
+        head_dim,
+        n_groups,
+        d_state,
+        conv_window.data_ptr(),
+        conv_window.shape[-1],
+        conv_weight.data_ptr(),
+        None if conv_bias is None else conv_bias.data_ptr(),
+        dt_bias.data_ptr(),
+        A_log.data_ptr(),
+        D.data_ptr(),
+        norm_weight.data_ptr(),
+        eps,
+        ssm.data_ptr(),
+        out.data_ptr(),
+    )
     return out

@@ -15,7 +15,7 @@
  * is compiled with -ffp-contract=off; then a round to nearest even into half, as torch's .to(float16)), so a
  * prefill and a decode fill the cache alike. The
  * attention itself agrees with torch's to float rounding, not bit for bit: the sums run in another order,
- * and exp is the polynomial below (within 1 ulp of e^x over [-87, 0]).
+ * and exp is fast_exp.h's polynomial (within 1 ulp of e^x over [-87, 0]).
  *
  * A long row splits its keys over the OpenMP threads, each part at least MIN_SPLIT_KEYS keys, and the parts'
  * results are merged at the end (flash decoding). The split depends on the row's length and the thread count only,
@@ -40,6 +40,7 @@
 #else
 #define MULADD(a, b, c) ((a) * (b) + (c))
 #endif
+#include "fast_exp.h"
 
 /* IEEE half <-> float. With F16C, one instruction each; else the same rounding (to nearest, ties to even,
  * subnormals kept) in integer steps. NaNs stay NaNs, without their payload. */
@@ -82,30 +83,6 @@ static inline float float_from_half(uint16_t half) {
     memcpy(&value, &bits, sizeof value);
     return value;
 #endif
-}
-
-/* e^x for x <= 0 (larger x are not asked for: x is a score minus the running maximum). Range reduction by
- * ln 2 in two parts, then a degree-7 Taylor polynomial on |r| <= ln(2) / 2 (truncation below 1e-8). Written
- * without branches or calls so that loops over it vectorize. Below -87 it gives e^-87, about 1.6e-38: a
- * weight that no sum of ones can tell from zero. */
-static inline float exp_nonpositive(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    float n = x * 1.44269504f;
-    n = (n + 12582912.0f) - 12582912.0f; /* round to nearest: 1.5 * 2^23 pushes the fraction out */
-    float r = x - n * 0.693145751953125f; /* ln 2 = 0.693145751953125 + 1.428606765330187e-6 */
-    r = r - n * 1.428606765330187e-6f;
-    float poly = 1.0f / 5040.0f;
-    poly = MULADD(poly, r, 1.0f / 720.0f);
-    poly = MULADD(poly, r, 1.0f / 120.0f);
-    poly = MULADD(poly, r, 1.0f / 24.0f);
-    poly = MULADD(poly, r, 1.0f / 6.0f);
-    poly = MULADD(poly, r, 0.5f);
-    poly = MULADD(poly, r, 1.0f);
-    poly = MULADD(poly, r, 1.0f);
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float two_n;
-    memcpy(&two_n, &bits, sizeof two_n);
-    return poly * two_n;
 }
 
 /* out = x rotated by one position's tables: x * cos + [x2, x1] * signed_sin, as rope.apply_rope. */
@@ -316,13 +293,13 @@ static void attend_keys(const float *queries, const uint16_t *latent, const uint
             for (int64_t j = n; j < KEY_BLOCK; j++) w[j] = -INFINITY;
             const float top = block_max(w);
             if (top > running[h].max) { /* rescale what was summed under the old maximum */
-                const float shrink = exp_nonpositive(running[h].max - top);
+                const float shrink = fast_exp(running[h].max - top);
                 running[h].sum *= shrink;
                 for (int64_t i = 0; i < C; i++) acc[h * C + i] *= shrink;
                 running[h].max = top;
             }
             const float m = running[h].max;
-            for (int64_t j = 0; j < KEY_BLOCK; j++) w[j] = j < n ? exp_nonpositive(w[j] - m) : 0.0f;
+            for (int64_t j = 0; j < KEY_BLOCK; j++) w[j] = j < n ? fast_exp(w[j] - m) : 0.0f;
             running[h].sum += block_sum(w);
         }
         accumulate(c, n, H, C, weights, acc);
@@ -405,7 +382,7 @@ int nanoprime_latent_attention(const float *q, const float *latent_new,
             float latent_out[C], total = 0.0f;
             for (int64_t i = 0; i < C; i++) latent_out[i] = 0.0f;
             for (int64_t item = first[b]; item < first[b + 1]; item++) {
-                const float weight = exp_nonpositive(running[item * H + h].max - top);
+                const float weight = fast_exp(running[item * H + h].max - top);
                 total = MULADD(weight, running[item * H + h].sum, total);
                 for (int64_t i = 0; i < C; i++)
                     latent_out[i] = MULADD(weight, acc[(item * H + h) * C + i], latent_out[i]);

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import NanoPrimeConfig
+from model.modules import cpu_kernels
 from model.modules.bitnet import make_linear
 from model.modules.mamba import (
     MambaCache,
@@ -202,6 +203,8 @@ class Mamba2(nn.Module):
         }
         check_cache_call(x, self.d_model, cache, new_lengths, row_shapes)
         batch, length, _ = x.shape
+        if cache is not None and length == 1 and new_lengths is None and self._kernel_fits(x, cache):
+            return self.out_proj(self._decode_with_kernel(self.in_proj(x)[:, 0], cache)[:, None])
 
         z, xbc, dt = self.in_proj(x).split([self.d_inner, self.conv_channels, self.n_heads], dim=-1)
         xbc = causal_conv(xbc, self.conv1d, cache.conv if cache is not None else None, new_lengths)
@@ -228,3 +231,36 @@ class Mamba2(nn.Module):
         y = y + fp32(xs) * fp32(self.D)[:, None]
         y = self.norm(y.flatten(-2), z)
         return self.out_proj(cast(y, x.dtype))
+
+    def _kernel_fits(self, x: torch.Tensor, cache: Mamba2Cache) -> bool:
+        """fp32 CPU decoding without autograd, where the C kernel is built (and wanted)."""
+        return (
+            x.dtype == cache.conv.dtype == torch.float32
+            and x.device.type == "cpu"
+            and not (torch.is_grad_enabled() and (x.requires_grad or self.dt_bias.requires_grad))
+            and cpu_kernels.enabled()
+        )
+
+    def _decode_with_kernel(self, proj: torch.Tensor, cache: Mamba2Cache) -> torch.Tensor:
+        """One decoding step in one C call (mamba2_step.c): the same math as the torch path from in_proj's
+        output (B, width) to the gated norm's (B, d_inner), the cache moved on in place."""
+        if not (cache.conv.is_contiguous() and cache.ssm.is_contiguous()):
+            cache.conv, cache.ssm = cache.conv.contiguous(), cache.ssm.contiguous()
+        conv, norm = self.conv1d, self.norm
+        weight, bias, dt_bias, a_log, skip, norm_weight = (
+            None if p is None else p.detach().float().contiguous()
+            for p in (conv.weight, conv.bias, self.dt_bias, self.A_log, self.D, norm.weight)
+        )
+        return cpu_kernels.mamba2_step(
+            proj.contiguous(),
+            cache.conv,
+            cache.ssm,
+            weight,
+            bias,
+            dt_bias,
+            a_log,
+            skip,
+            norm_weight,
+            self.n_groups,
+            self.norm.eps,
+        )
