@@ -9,7 +9,9 @@
 
 Because the decay is a scalar per head, a chunk of the recurrence is a masked matmul (the "dual" quadratic
 form), so training runs chunk_size x chunk_size matmuls inside chunks and passes states between chunks.
-Decoding carries the conv window and the (n_heads, head_dim, d_state) state per sequence.
+Decoding carries the conv window and the (n_heads, head_dim, d_state) state per sequence. On a CPU in fp32, a
+decoding step from in_proj's output to the gated norm's is one call to the C kernel mamba2_step.c
+(cpu_kernels.py); elsewhere, and for prompts, the torch code below runs.
 """
 
 from __future__ import annotations
