@@ -136,6 +136,14 @@ def build(flags: tuple[str, ...]) -> ctypes.CDLL | None:
     return lib
 
 
+def _loaded(lib: ctypes.CDLL | None) -> ctypes.CDLL:
+    """`lib` (a build the tests pick), else the library for this CPU; an error where there is none."""
+    lib = lib or library()
+    if lib is None:
+        raise RuntimeError("the CPU kernels are not available (check enabled() first)")
+    return lib
+
+
 def _cpu_flags() -> str:
     """The CPU's feature list where Linux gives it: a -march=native library is for this CPU only."""
     try:
@@ -175,9 +183,7 @@ def ternary_linear(
     `lib` picks another build of the kernel (tests compare the portable builds); default: library().
     Decoding calls this a few dozen times per token, so it makes as few torch calls as it can.
     """
-    lib = lib or library()
-    if lib is None:
-        raise RuntimeError("the BitLinear kernel is not available (check enabled() first)")
+    lib = _loaded(lib)
     if not x.is_contiguous():
         x = x.contiguous()
     in_features = x.shape[-1]
@@ -219,9 +225,7 @@ def latent_attention(
     q (B, H, N + R) (q_nope then q_rope per head), latent_new (B, C), k_rope_new (B, R); w_kv_b (H, N + V, C),
     w_uv_t (H, C, V): every tensor contiguous fp32 on the CPU but the caches, fp16; positions (B) int64.
     """
-    lib = lib or library()
-    if lib is None:
-        raise RuntimeError("the CPU kernels are not available (check enabled() first)")
+    lib = _loaded(lib)
     batch, heads = q.shape[:2]
     rope_dim = cos_table.shape[-1]
     latent_dim, v_dim = w_uv_t.shape[1:]
@@ -273,9 +277,7 @@ def mamba2_step(
     proj (B, H * P + channels + H) is in_proj's output; conv_weight (channels, 1, W + 1) is the Conv1d's.
     Every tensor contiguous fp32 on the CPU.
     """
-    lib = lib or library()
-    if lib is None:
-        raise RuntimeError("the CPU kernels are not available (check enabled() first)")
+    lib = _loaded(lib)
     batch, heads, head_dim, d_state = ssm.shape
     tensors = [proj, conv_window, ssm, conv_weight, dt_bias, A_log, D, norm_weight]
     tensors += [] if conv_bias is None else [conv_bias]

@@ -237,7 +237,7 @@ class Mamba2(nn.Module):
     def _kernel_fits(self, x: torch.Tensor, cache: Mamba2Cache) -> bool:
         """fp32 CPU decoding without autograd, where the C kernel is built (and wanted)."""
         return (
-            x.dtype == cache.conv.dtype == torch.float32
+            x.dtype == cache.conv.dtype == self.dt_bias.dtype == self.conv1d.weight.dtype == torch.float32
             and x.device.type == "cpu"
             and not (torch.is_grad_enabled() and (x.requires_grad or self.dt_bias.requires_grad))
             and cpu_kernels.enabled()
@@ -248,21 +248,16 @@ class Mamba2(nn.Module):
         output (B, width) to the gated norm's (B, d_inner), the cache moved on in place."""
         if not (cache.conv.is_contiguous() and cache.ssm.is_contiguous()):
             cache.conv, cache.ssm = cache.conv.contiguous(), cache.ssm.contiguous()
-        conv, norm = self.conv1d, self.norm
-        weight, bias, dt_bias, a_log, skip, norm_weight = (
-            None if p is None else p.detach().float().contiguous()
-            for p in (conv.weight, conv.bias, self.dt_bias, self.A_log, self.D, norm.weight)
-        )
-        return cpu_kernels.mamba2_step(
+        return cpu_kernels.mamba2_step(  # the parameters as they are: the kernel reads them, no autograd
             proj.contiguous(),
             cache.conv,
             cache.ssm,
-            weight,
-            bias,
-            dt_bias,
-            a_log,
-            skip,
-            norm_weight,
+            self.conv1d.weight,
+            self.conv1d.bias,
+            self.dt_bias,
+            self.A_log,
+            self.D,
+            self.norm.weight,
             self.n_groups,
             self.norm.eps,
         )
