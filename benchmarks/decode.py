@@ -219,13 +219,14 @@ def conversation_ttft(model: NanoPrime, tokenizer: Tokenizer, turns: int, repeat
     """TTFT of turn 1 and of turn `turns` with state reuse, and of turn `turns` by a full re-prefill.
 
     The conversation is played once (the history sent back as the server does: answers without thinking,
-    with a pause between turns in which the engine warms up the history), then the three requests are
-    repeated in turns so that all three see the same machine load. Turn 1 has no kept prefix: a full prefill.
+    with a pause between turns in which the engine warms up the history). The full re-prefills run next, on
+    an engine without kept states that is then shut down: two engines alive at once would be two threads
+    with OpenMP teams, which slows both (see backend.engine.torch_on_one_thread). Then turn 1 and turn
+    `turns` are repeated in turns on the reusing engine, so that the two compared see the same machine load.
+    Turn 1 has no kept prefix: a full prefill.
     """
     reuse = Engine(model, tokenizer, state_cache_bytes=512 * 2**20)
-    fresh = Engine(model, tokenizer, state_cache_bytes=0)
     reuse.start()
-    fresh.start()
     rng = random.Random(2)
     params = SamplingParams(temperature=0.7, seed=3, max_new_tokens=48, ignore_eos=True)
     history: list[dict[str, str]] = [{"role": "system", "content": "Sei un assistente utile e conciso."}]
@@ -242,19 +243,21 @@ def conversation_ttft(model: NanoPrime, tokenizer: Tokenizer, turns: int, repeat
                 reuse.wait_idle()  # the user reads and types: the engine warms up the history meanwhile
                 warmup_ms.append((time.perf_counter() - start) * 1e3)
                 history.append({"role": "assistant", "content": answer})
+        fresh = Engine(model, tokenizer, state_cache_bytes=0)
+        fresh.start()
+        try:
+            for _ in range(repeats):
+                ttft["full"].append(run_turn(fresh, history, params)[2].timings["ttft_ms"])
+        finally:
+            fresh.shutdown()
         reused_before = reuse.states.reused_tokens
         for _ in range(repeats):
-            for name, engine, messages in (
-                ("first", reuse, first_turn),
-                ("reuse", reuse, history),
-                ("full", fresh, history),
-            ):
-                ttft[name].append(run_turn(engine, messages, params)[2].timings["ttft_ms"])
-                engine.wait_idle()
+            for name, messages in (("first", first_turn), ("reuse", history)):
+                ttft[name].append(run_turn(reuse, messages, params)[2].timings["ttft_ms"])
+                reuse.wait_idle()
         reused_last_turn = (reuse.states.reused_tokens - reused_before) // repeats
     finally:
         reuse.shutdown()
-        fresh.shutdown()
     return {
         "turns": turns,
         "turn_1_prompt_tokens": len(tokenizer.encode_chat(first_turn)),
