@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from model.config import NanoPrimeConfig
+from model.modules import cpu_kernels
 from model.modules.ffn import SwiGLU
 from model.modules.mamba import Mamba
 from model.modules.mamba2 import Mamba2
@@ -144,7 +145,21 @@ class NanoPrime(nn.Module):
             state.lengths = past + (lengths if lengths is not None else input_ids.shape[1])
         if last_only:
             x = x[:, -1:] if lengths is None else x[torch.arange(len(x)), (lengths - 1).clamp(min=0)][:, None]
-        return self.head(self.norm(x)), state
+        return self._logits(self.norm(x)), state
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The head. A few fp32 rows without autograd (decoding) go through the C kernel (lm_head.c): the
+        matrix is most of a decoding step's reads, and torch's matmul copies it whole before multiplying."""
+        weight = self.head.weight
+        if (
+            x.numel() // x.shape[-1] <= cpu_kernels.HEAD_MAX_ROWS
+            and x.dtype == weight.dtype == torch.float32
+            and x.device.type == "cpu"
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            and cpu_kernels.enabled()
+        ):
+            return cpu_kernels.lm_head(x, weight)
+        return self.head(x)
 
     def _check_inputs(
         self, input_ids: torch.Tensor, state: InferenceState | None, lengths: torch.Tensor | None

@@ -1,0 +1,109 @@
+/* The LM head for a few rows (nanoprime.py): logits = x @ W^T, x (rows, D) against the fp32 matrix W (V, D).
+ *
+ * With a few rows the product is the read of W: pocket's tied embedding is 8192 x 384 floats, 12.6 MB, the
+ * largest read of a decoding step. torch's matmul copies (packs) the whole matrix at every call before it
+ * multiplies, which doubles that traffic. Here each tile of VOCAB_TILE rows of W is read once, from where it
+ * is, and multiplied with every x row while it is in L1; the tiles are shared out over the OpenMP threads.
+ *
+ * A logit is summed in 16 lanes (lane l takes the inputs i with i % 16 == l, in order), then the lanes are
+ * added in a fixed tree. So a row gets the same numbers alone or with others, on any number of threads; they
+ * differ from torch's, which sums in another order, by float rounding.
+ */
+#include <stdint.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#define VOCAB_TILE 16
+#define LANES 16
+
+/* The lanes' total, added in fold16's tree: within each group of 4 lanes 2 apart, then the pair, then the
+ * groups' sums in pairs. */
+static inline float add_lanes(const float a[LANES]) {
+    float group[4];
+    for (int g = 0; g < 4; g++) group[g] = (a[4 * g] + a[4 * g + 2]) + (a[4 * g + 1] + a[4 * g + 3]);
+    return (group[0] + group[1]) + (group[2] + group[3]);
+}
+
+/* out[v] = x . w[v] for one row x, vocabulary rows [v0, v1): the portable loop (and AVX-512's tail). */
+static void logits_portable(const float *x, const float *w, int64_t D, int64_t v0, int64_t v1, float *out) {
+    for (int64_t v = v0; v < v1; v++) {
+        const float *row = w + v * D;
+        float lanes[LANES] = {0};
+        int64_t i = 0;
+        for (; i + LANES <= D; i += LANES)
+            for (int l = 0; l < LANES; l++) lanes[l] += x[i + l] * row[i + l];
+        for (int l = 0; i + l < D; l++) lanes[l] += x[i + l] * row[i + l];
+        out[v] = add_lanes(lanes);
+    }
+}
+
+#if defined(__AVX512F__)
+/* The lane sums of v[0..15], in order, as one vector, in add_lanes' tree: each round adds the two halves of
+ * pairs of vectors (within 128-bit lanes, then across them), 15 adds and 30 shuffles for 16 sums. */
+static inline __m512 fold16(const __m512 v[16]) {
+    __m512 t[8], u[4];
+    for (int i = 0; i < 8; i++) { /* per 128-bit lane of a pair a, b: [a0 + a2, b0 + b2, a1 + a3, b1 + b3] */
+        const __m512 a = v[2 * i], b = v[2 * i + 1];
+        t[i] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    }
+    for (int i = 0; i < 4; i++) { /* per 128-bit lane: that lane's sum of each of 4 vectors */
+        const __m512d a = _mm512_castps_pd(t[2 * i]), b = _mm512_castps_pd(t[2 * i + 1]);
+        u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    const __m512 low = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88), _mm512_shuffle_f32x4(u[0], u[1], 0xdd));
+    const __m512 high = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x88), _mm512_shuffle_f32x4(u[2], u[3], 0xdd));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(low, high, 0x88), _mm512_shuffle_f32x4(low, high, 0xdd));
+}
+
+/* out[b][v0 + k] for 4 rows b0.. of x and 4 vocabulary rows v0..: 16 sums, each vector load feeding 4
+ * multiply-adds. */
+static inline void tile_4_rows(const float *x, int64_t b0, const float *w, int64_t v0, int64_t D, int64_t V,
+                               float *out) {
+    __m512 sums[16]; /* sums[4 * k + r]: vocabulary row v0 + k, x row b0 + r */
+    for (int s = 0; s < 16; s++) sums[s] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < D; i += 16) {
+        __m512 xs[4];
+        for (int r = 0; r < 4; r++) xs[r] = _mm512_loadu_ps(x + (b0 + r) * D + i);
+        for (int k = 0; k < 4; k++) {
+            const __m512 row = _mm512_loadu_ps(w + (v0 + k) * D + i);
+            for (int r = 0; r < 4; r++) sums[4 * k + r] = _mm512_fmadd_ps(row, xs[r], sums[4 * k + r]);
+        }
+    }
+    float logits[16];
+    _mm512_storeu_ps(logits, fold16(sums));
+    for (int k = 0; k < 4; k++)
+        for (int r = 0; r < 4; r++) out[(b0 + r) * V + v0 + k] = logits[4 * k + r];
+}
+
+/* out[b][v0 .. v0 + 15] for one row b of x. */
+static inline void tile_1_row(const float *x, int64_t b, const float *w, int64_t v0, int64_t D, int64_t V,
+                              float *out) {
+    __m512 sums[16];
+    for (int k = 0; k < 16; k++) sums[k] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < D; i += 16) {
+        const __m512 xs = _mm512_loadu_ps(x + b * D + i);
+        for (int k = 0; k < 16; k++) sums[k] = _mm512_fmadd_ps(_mm512_loadu_ps(w + (v0 + k) * D + i), xs, sums[k]);
+    }
+    _mm512_storeu_ps(out + b * V + v0, fold16(sums));
+}
+#endif
+
+/* x (rows, D), w (V, D), out (rows, V): fp32, contiguous. */
+void nanoprime_lm_head(const float *x, int64_t rows, int64_t D, const float *w, int64_t V, float *out) {
+    const int64_t tiles = (V + VOCAB_TILE - 1) / VOCAB_TILE;
+#pragma omp parallel for schedule(static)
+    for (int64_t tile = 0; tile < tiles; tile++) {
+        const int64_t v0 = tile * VOCAB_TILE, v1 = v0 + VOCAB_TILE < V ? v0 + VOCAB_TILE : V;
+#if defined(__AVX512F__)
+        if (D % 16 == 0 && v1 - v0 == VOCAB_TILE) {
+            int64_t b = 0;
+            for (; b + 4 <= rows; b += 4)
+                for (int64_t k = 0; k < VOCAB_TILE; k += 4) tile_4_rows(x, b, w, v0 + k, D, V, out);
+            for (; b < rows; b++) tile_1_row(x, b, w, v0, D, V, out);
+            continue;
+        }
+#endif
+        for (int64_t b = 0; b < rows; b++) logits_portable(x + b * D, w, D, v0, v1, out + b * V);
+    }
+}
