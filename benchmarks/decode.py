@@ -302,7 +302,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="pocket")
     parser.add_argument("--contexts", type=int, nargs="+", default=[128, 2048, 4096])
-    parser.add_argument("--steps", type=int, default=48, help="decode steps timed per context")
+    parser.add_argument("--steps", type=int, default=96, help="decode steps timed per context")
     parser.add_argument("--engine-tokens", type=int, default=128, help="tokens per engine request")
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5, help="repeats of each TTFT measurement (best)")
@@ -344,7 +344,7 @@ def main() -> None:
         f"decode, batch 1, median of {args.steps} steps after a prefill of the context, every model and "
         f"context taking turns in blocks of 8 steps ({threads} threads)"
     )
-    print(f"BitLinear and MLA decoding: {kernel} (NANOPRIME_KERNEL=0 for the torch path)")
+    print(f"BitLinear, MLA, Mamba-2 and LM head decoding: {kernel} (NANOPRIME_KERNEL=0 for the torch path)")
     header = ["context", "NanoPrime tok/s", "Llama tok/s", "speed-up", "NP bytes/token", "Llama bytes/token"]
     print(" ".join(f"{h:>{w}}" for h, w in zip(header, WIDTHS, strict=True)))
     side_by_side = decode_side_by_side(nanoprime, llama, args.contexts, args.steps)

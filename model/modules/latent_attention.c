@@ -96,15 +96,22 @@ static void rotate(const float *x, const float *cos_row, const float *sin_row, i
     }
 }
 
-/* The running softmax state of one head over the keys seen so far. */
+/* The running softmax state of one head over the keys seen so far: the sum of exp(s - max) is kept in LANES
+ * lanes (lane l sums the keys j with j % LANES == l) and added up once, at the end: adding a block's 64
+ * weights into it takes four vector adds and no sum across lanes. */
+#define LANES 16
 typedef struct {
     float max;
-    float sum;
+    float sum[LANES];
 } Running;
 
-/* max and sum of a block, in LANES independent lanes so that the loops vectorize. */
-#define LANES 16
+/* The largest of a block's scores. */
 static inline float block_max(const float *x) {
+#if defined(__AVX512F__) && KEY_BLOCK == 64
+    const __m512 low = _mm512_max_ps(_mm512_loadu_ps(x), _mm512_loadu_ps(x + 16));
+    const __m512 high = _mm512_max_ps(_mm512_loadu_ps(x + 32), _mm512_loadu_ps(x + 48));
+    return _mm512_reduce_max_ps(_mm512_max_ps(low, high));
+#else
     float lanes[LANES];
     for (int l = 0; l < LANES; l++) lanes[l] = x[l];
     for (int j = LANES; j < KEY_BLOCK; j += LANES)
@@ -112,16 +119,16 @@ static inline float block_max(const float *x) {
     float top = lanes[0];
     for (int l = 1; l < LANES; l++) top = lanes[l] > top ? lanes[l] : top;
     return top;
+#endif
 }
 
-static inline float block_sum(const float *x) {
-    float lanes[LANES];
-    for (int l = 0; l < LANES; l++) lanes[l] = x[l];
-    for (int j = LANES; j < KEY_BLOCK; j += LANES)
-        for (int l = 0; l < LANES; l++) lanes[l] += x[j + l];
-    float total = 0.0f;
-    for (int l = 0; l < LANES; l++) total += lanes[l];
-    return total;
+/* The lanes' total, in a tree. */
+static inline float lanes_total(const float lanes[LANES]) {
+    float partial[LANES];
+    for (int l = 0; l < LANES; l++) partial[l] = lanes[l];
+    for (int width = LANES / 2; width >= 1; width /= 2)
+        for (int l = 0; l < width; l++) partial[l] += partial[l + width];
+    return partial[0];
 }
 
 #if defined(__AVX512F__)
@@ -315,13 +322,14 @@ static void attend_keys(const float *queries, const uint16_t *latent, const uint
             const float top = block_max(w);
             if (top > running[h].max) { /* rescale what was summed under the old maximum */
                 const float shrink = fast_exp(running[h].max - top);
-                running[h].sum *= shrink;
+                for (int l = 0; l < LANES; l++) running[h].sum[l] *= shrink;
                 for (int64_t i = 0; i < C; i++) acc[h * C + i] *= shrink;
                 running[h].max = top;
             }
             const float m = running[h].max;
             for (int64_t j = 0; j < KEY_BLOCK; j++) w[j] = j < n ? fast_exp(w[j] - m) : 0.0f;
-            running[h].sum += block_sum(w);
+            for (int64_t j = 0; j < KEY_BLOCK; j += LANES)
+                for (int l = 0; l < LANES; l++) running[h].sum[l] += w[j + l];
         }
         accumulate(c, n, H, C, weights, acc);
     }
@@ -382,7 +390,7 @@ int nanoprime_latent_attention(const float *q, const float *latent_new,
             for (int64_t i = 0; i < D; i++) query[i] *= scale;
         }
     }
-    for (int64_t item = 0; item < items * H; item++) running[item] = (Running){-INFINITY, 0.0f};
+    for (int64_t item = 0; item < items * H; item++) running[item] = (Running){.max = -INFINITY};
 
 #pragma omp parallel for schedule(dynamic) if (items > 1)
     for (int64_t item = 0; item < items; item++) {
@@ -404,7 +412,7 @@ int nanoprime_latent_attention(const float *q, const float *latent_new,
             for (int64_t i = 0; i < C; i++) latent_out[i] = 0.0f;
             for (int64_t item = first[b]; item < first[b + 1]; item++) {
                 const float weight = fast_exp(running[item * H + h].max - top);
-                total = MULADD(weight, running[item * H + h].sum, total);
+                total = MULADD(weight, lanes_total(running[item * H + h].sum), total);
                 for (int64_t i = 0; i < C; i++)
                     latent_out[i] = MULADD(weight, acc[(item * H + h) * C + i], latent_out[i]);
             }
