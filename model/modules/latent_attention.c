@@ -137,30 +137,40 @@ static inline __m512 load_halves(const uint16_t *p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
 }
 
-/* Transposes a 16 x 16 tile held as 16 rows: afterwards rows[i] holds column i. */
-static inline void transpose16(__m512 rows[16]) {
-    __m512 t[16];
-    for (int i = 0; i < 8; i++) { /* interleave row pairs: 2 x 2 blocks */
-        t[2 * i] = _mm512_unpacklo_ps(rows[2 * i], rows[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(rows[2 * i], rows[2 * i + 1]);
+/* Transposes 8 rows of 16 halves in place, within 128-bit lanes: afterwards r[i] holds column i of the
+ * rows in its low lane and column i + 8 in its high lane. Three rounds of interleaving: halves, pairs, quads. */
+static inline void transpose8_halves(__m256i r[8]) {
+    __m256i t[8], u[8];
+    for (int i = 0; i < 4; i++) { /* t[2i]: columns 0-3 of rows 2i, 2i + 1 interleaved; t[2i + 1]: 4-7 */
+        t[2 * i] = _mm256_unpacklo_epi16(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_epi16(r[2 * i], r[2 * i + 1]);
     }
-    for (int i = 0; i < 4; i++) { /* 4 x 4 blocks inside each 128-bit lane */
-        const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
-        const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
-        rows[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-        rows[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-        rows[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
-        rows[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    for (int i = 0; i < 2; i++) { /* u[4i + m]: columns 2m, 2m + 1 of rows 4i .. 4i + 3 */
+        u[4 * i] = _mm256_unpacklo_epi32(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm256_unpackhi_epi32(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm256_unpacklo_epi32(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm256_unpackhi_epi32(t[4 * i + 1], t[4 * i + 3]);
     }
-    for (int i = 0; i < 4; i++) { /* then the 128-bit lanes: first between row groups 4 apart, then 8 */
-        t[i] = _mm512_shuffle_f32x4(rows[i], rows[i + 4], 0x88);
-        t[i + 4] = _mm512_shuffle_f32x4(rows[i], rows[i + 4], 0xdd);
-        t[i + 8] = _mm512_shuffle_f32x4(rows[i + 8], rows[i + 12], 0x88);
-        t[i + 12] = _mm512_shuffle_f32x4(rows[i + 8], rows[i + 12], 0xdd);
+    for (int m = 0; m < 4; m++) { /* columns 2m and 2m + 1 of all 8 rows */
+        r[2 * m] = _mm256_unpacklo_epi64(u[m], u[m + 4]);
+        r[2 * m + 1] = _mm256_unpackhi_epi64(u[m], u[m + 4]);
     }
+}
+
+/* Columns of a 16 x 16 tile of halves (row r at source + r * stride, zero from row rows on) as floats:
+ * columns[i] holds element i of the 16 rows. Transposed as halves, half the bytes to shuffle of floats. */
+static inline void load_columns(const uint16_t *source, int64_t stride, int64_t rows, __m512 columns[16]) {
+    __m256i top[8], bottom[8];
+    for (int r = 0; r < 8; r++) {
+        top[r] = r < rows ? _mm256_loadu_si256((const __m256i *)(source + r * stride)) : _mm256_setzero_si256();
+        bottom[r] = r + 8 < rows ? _mm256_loadu_si256((const __m256i *)(source + (r + 8) * stride))
+                                 : _mm256_setzero_si256();
+    }
+    transpose8_halves(top);
+    transpose8_halves(bottom);
     for (int i = 0; i < 8; i++) {
-        rows[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
-        rows[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+        columns[i] = _mm512_cvtph_ps(_mm256_permute2x128_si256(top[i], bottom[i], 0x20));
+        columns[i + 8] = _mm512_cvtph_ps(_mm256_permute2x128_si256(top[i], bottom[i], 0x31));
     }
 }
 #endif
@@ -174,11 +184,9 @@ static void transpose_block(const uint16_t *c, const uint16_t *k, int64_t n, int
             for (int64_t dim = 0; dim < C + R; dim += 16) {
                 const uint16_t *source = dim < C ? c + dim : k + (dim - C);
                 const int64_t stride = dim < C ? C : R;
-                __m512 rows[16];
-                for (int64_t r = 0; r < 16; r++)
-                    rows[r] = group + r < n ? load_halves(source + (group + r) * stride) : _mm512_setzero_ps();
-                transpose16(rows);
-                for (int64_t i = 0; i < 16; i++) _mm512_storeu_ps(&keys_t[dim + i][group], rows[i]);
+                __m512 columns[16];
+                load_columns(source + group * stride, stride, n - group, columns);
+                for (int64_t i = 0; i < 16; i++) _mm512_storeu_ps(&keys_t[dim + i][group], columns[i]);
             }
         }
         return;
