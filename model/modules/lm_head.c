@@ -62,12 +62,18 @@ static inline __m512 fold16(const __m512 v[16]) {
 static inline void tile_4_rows(const float *x, int64_t b0, const float *w, int64_t v0, int64_t D, int64_t V,
                                float *out) {
     __m512 sums[16]; /* sums[4 * k + r]: vocabulary row v0 + k, x row b0 + r */
-    for (int s = 0; s < 16; s++) sums[s] = _mm512_setzero_ps();
-    for (int64_t i = 0; i < D; i += 16) {
-        __m512 xs[4];
-        for (int r = 0; r < 4; r++) xs[r] = _mm512_loadu_ps(x + (b0 + r) * D + i);
+    for (int k = 0; k < 4; k++) /* the first 16 inputs: products, so that no zeros are added */
+        for (int r = 0; r < 4; r++)
+            sums[4 * k + r] = _mm512_mul_ps(_mm512_loadu_ps(w + (v0 + k) * D), _mm512_loadu_ps(x + (b0 + r) * D));
+    for (int64_t i = 16; i < D; i += 16) {
+        __m512 xs[4]; /* each load in a register for 4 multiply-adds (the empty asm: GCC would load 4 times) */
+        for (int r = 0; r < 4; r++) {
+            xs[r] = _mm512_loadu_ps(x + (b0 + r) * D + i);
+            __asm__("" : "+v"(xs[r]));
+        }
         for (int k = 0; k < 4; k++) {
-            const __m512 row = _mm512_loadu_ps(w + (v0 + k) * D + i);
+            __m512 row = _mm512_loadu_ps(w + (v0 + k) * D + i);
+            __asm__("" : "+v"(row));
             for (int r = 0; r < 4; r++) sums[4 * k + r] = _mm512_fmadd_ps(row, xs[r], sums[4 * k + r]);
         }
     }
@@ -81,8 +87,9 @@ static inline void tile_4_rows(const float *x, int64_t b0, const float *w, int64
 static inline void tile_1_row(const float *x, int64_t b, const float *w, int64_t v0, int64_t D, int64_t V,
                               float *out) {
     __m512 sums[16];
-    for (int k = 0; k < 16; k++) sums[k] = _mm512_setzero_ps();
-    for (int64_t i = 0; i < D; i += 16) {
+    const __m512 first = _mm512_loadu_ps(x + b * D);
+    for (int k = 0; k < 16; k++) sums[k] = _mm512_mul_ps(_mm512_loadu_ps(w + (v0 + k) * D), first);
+    for (int64_t i = 16; i < D; i += 16) {
         const __m512 xs = _mm512_loadu_ps(x + b * D + i);
         for (int k = 0; k < 16; k++) sums[k] = _mm512_fmadd_ps(_mm512_loadu_ps(w + (v0 + k) * D + i), xs, sums[k]);
     }
@@ -108,11 +115,11 @@ void nanoprime_lm_head(const float *x, int64_t rows, int64_t D, const float *w, 
         const int64_t v0 = tile * VOCAB_TILE, v1 = v0 + VOCAB_TILE < V ? v0 + VOCAB_TILE : V;
         prefetch_tile(w, D, V, v0 + PREFETCH_TILES * VOCAB_TILE);
 #if defined(__AVX512F__)
-        if (D % 16 == 0 && v1 - v0 == VOCAB_TILE) {
-            int64_t b = 0;
-            for (; b + 4 <= rows; b += 4)
-                for (int64_t k = 0; k < VOCAB_TILE; k += 4) tile_4_rows(x, b, w, v0 + k, D, V, out);
-            for (; b < rows; b++) tile_1_row(x, b, w, v0, D, V, out);
+        if (D >= 16 && D % 16 == 0 && v1 - v0 == VOCAB_TILE) {
+            const int64_t grouped = rows / 4 * 4;
+            for (int64_t k = 0; k < VOCAB_TILE; k += 4) /* 4 rows of W stay in L1 over the groups of x rows */
+                for (int64_t b = 0; b < grouped; b += 4) tile_4_rows(x, b, w, v0 + k, D, V, out);
+            for (int64_t b = grouped; b < rows; b++) tile_1_row(x, b, w, v0, D, V, out);
             continue;
         }
 #endif
