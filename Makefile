@@ -32,6 +32,7 @@ bench: setup
 	$(PY) benchmarks/decode.py
 	$(PY) benchmarks/latent_attention.py
 	$(PY) benchmarks/ternary_linear.py
+	$(PY) benchmarks/lm_head.py
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/train_compare.py
 	$(PY) benchmarks/server_load.py
