@@ -10,7 +10,6 @@ and a busy machine do. The two take turns call by call.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -18,7 +17,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from latent_attention import SWEEP_FLOATS  # the sibling benchmark (scripts run from benchmarks/)
+from latent_attention import SWEEP_FLOATS  # sibling benchmarks (scripts run from benchmarks/)
+from ternary_linear import row_benchmark_arguments
 
 from model.config import preset
 from model.modules import cpu_kernels
@@ -38,14 +38,7 @@ def time_pair(runs: dict[str, object], repeats: int, sweep: torch.Tensor | None)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--rows", type=int, nargs="+", default=[1, 4, 16, 64])
-    parser.add_argument("--repeats", type=int, default=60)
-    parser.add_argument("--out", default="artifacts/lm_head.json")
-    args = parser.parse_args()
-    if not cpu_kernels.enabled():
-        raise SystemExit("the C kernels could not be built here (no C compiler, or NANOPRIME_KERNEL=0)")
+    args = row_benchmark_arguments(__doc__.splitlines()[0], 60, "artifacts/lm_head.json")
     config = preset("pocket")
     torch.manual_seed(0)
     weight = torch.randn(config.vocab_size, config.d_model) * config.d_model**-0.5

@@ -59,15 +59,22 @@ def time_product(values: torch.Tensor, x: torch.Tensor, repeats: int) -> dict[st
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def row_benchmark_arguments(description: str, repeats: int, out: str) -> argparse.Namespace:
+    """--threads, --rows, --repeats and --out, for a kernel benchmark over thread and row counts; exits
+    where the kernels cannot be built."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 4, 16, 64])
-    parser.add_argument("--repeats", type=int, default=200)
-    parser.add_argument("--out", default="artifacts/ternary_linear.json")
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--out", default=out)
     args = parser.parse_args()
     if not cpu_kernels.enabled():
         raise SystemExit("the C kernels could not be built here (no C compiler, or NANOPRIME_KERNEL=0)")
+    return args
+
+
+def main() -> None:
+    args = row_benchmark_arguments(__doc__.splitlines()[0], 200, "artifacts/ternary_linear.json")
     generator = torch.Generator().manual_seed(0)
     header = ("matrix", "in x out", "rows", "kernel us", "torch path us", "fp32 linear us", "vs torch")
     header += ("G MAC/s",)

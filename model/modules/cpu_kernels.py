@@ -51,9 +51,9 @@ CHUNK_INPUTS = 16
 # kernel serves only up to ALL_ROWS_THREADS threads.
 MAX_ROWS = 64
 ALL_ROWS_THREADS = 2
-# The head kernel beat torch's matmul at every row count measured, 64 the most (benchmarks/lm_head.py, pocket's
-# 8192 x 384: 4.9 vs 6.0 ms on one thread, 2.4 vs 3.4 on two, warm); prefills and training have more rows, and
-# torch's packed matmul then puts its copy to good use.
+# The head kernel beat torch's matmul at every row count measured, 64 the most (benchmarks/lm_head.py,
+# pocket's 8192 x 384: 4.9 vs 6.0 ms on one thread, 2.4 vs 3.4 on two, warm); prefills and training have more
+# rows, and torch's packed matmul then puts its copy to good use.
 HEAD_MAX_ROWS = 64
 
 
