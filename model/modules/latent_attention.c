@@ -158,7 +158,7 @@ static inline void transpose8_halves(__m256i r[8]) {
 }
 
 /* Columns of a 16 x 16 tile of halves (row r at source + r * stride, zero from row rows on) as floats:
- * columns[i] holds element i of the 16 rows. Transposed as halves, half the bytes to shuffle of floats. */
+ * columns[i] holds element i of the 16 rows. Transposed as halves: half the bytes that floats would be. */
 static inline void load_columns(const uint16_t *source, int64_t stride, int64_t rows, __m512 columns[16]) {
     __m256i top[8], bottom[8];
     for (int r = 0; r < 8; r++) {
