@@ -149,7 +149,8 @@ class NanoPrime(nn.Module):
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """The head. A few fp32 rows without autograd (decoding) go through the C kernel (lm_head.c): the
-        matrix is most of a decoding step's reads, and torch's matmul copies it whole before multiplying."""
+        matrix is most of a decoding step's reads, and torch's matmul copies it whole before multiplying a
+        batch."""
         weight = self.head.weight
         if (
             x.numel() // x.shape[-1] <= cpu_kernels.HEAD_MAX_ROWS

@@ -10,8 +10,9 @@
 - Mamba-2's decoding step (mamba2_step.c): conv, state update, readout and gated norm in one call instead of
   some thirty torch ops per layer, reading and writing each state once. It agrees with the torch path to
   float rounding.
-- The LM head for a few rows (lm_head.c): the fp32 matrix read once, where torch's matmul first copies it
-  whole at every call. It agrees with torch to float rounding.
+- The LM head for a few rows (lm_head.c): the fp32 matrix read once, on all threads, where torch's matmul
+  first copies it whole at every call (more than one row) or uses one thread (one row). It agrees with torch
+  to float rounding.
 
 The library is compiled with the system C compiler (`cc`, or $CC) for this CPU into $NANOPRIME_KERNEL_DIR
 (default ~/.cache/nanoprime), with OpenMP where the compiler has it (large products then use torch's threads);

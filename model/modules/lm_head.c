@@ -1,9 +1,10 @@
 /* The LM head for a few rows (nanoprime.py): logits = x @ W^T, x (rows, D) against the fp32 matrix W (V, D).
  *
  * With a few rows the product is the read of W: pocket's tied embedding is 8192 x 384 floats, 12.6 MB, the
- * largest read of a decoding step. torch's matmul copies (packs) the whole matrix at every call before it
- * multiplies, which doubles that traffic. Here each tile of VOCAB_TILE rows of W is read once, from where it
- * is, and multiplied with every x row while it is in L1; the tiles are shared out over the OpenMP threads.
+ * largest read of a decoding step. With more than one row, torch's matmul copies (packs) the whole matrix at
+ * every call before it multiplies, which doubles that traffic, and its one-row product runs on one thread.
+ * Here each tile of VOCAB_TILE rows of W is read once, from where it is, and multiplied with every x row while
+ * it is in L1; the tiles are shared out over the OpenMP threads.
  *
  * A logit is summed in 16 lanes (lane l takes the inputs i with i % 16 == l, in order), then the lanes are
  * added in a fixed tree. So a row gets the same numbers alone or with others, on any number of threads; they
