@@ -193,27 +193,22 @@ def ops_per_step(nanoprime: NanoPrime, llama: LlamaForCausalLM, context: int) ->
 
 
 # ---- 3: engine throughput ----------------------------------------------------------------------------------
-def engine_throughput(
-    model: NanoPrime, tokenizer: Tokenizer, concurrency: int, new_tokens: int, repeats: int
-) -> float:
-    """Aggregate generated tokens/s for `concurrency` requests submitted together (prefills included);
-    the best of `repeats` runs, since a busy machine can only make a run slower."""
+def engine_throughput(model: NanoPrime, tokenizer: Tokenizer, concurrency: int, new_tokens: int) -> float:
+    """Aggregate generated tokens/s for `concurrency` requests submitted together (prefills included), on an
+    engine of its own. main() takes the best of several rounds: a busy machine can only make a run slower."""
     engine = Engine(model, tokenizer, max_batch_size=16, max_queue=64, state_cache_bytes=0)
     engine.start()
-    rates = []
     try:
-        for _ in range(repeats):
-            params = [
-                SamplingParams(seed=i, max_new_tokens=new_tokens, ignore_eos=True) for i in range(concurrency)
-            ]
-            prompts = [chat(f"Domanda {i}: perché il caffè è buono?") for i in range(concurrency)]
-            start = time.perf_counter()
-            handles = [engine.submit(prompt, p) for prompt, p in zip(prompts, params, strict=True)]
-            tokens = sum(last_event(h).usage["completion_tokens"] for h in handles)
-            rates.append(tokens / (time.perf_counter() - start))
+        params = [
+            SamplingParams(seed=i, max_new_tokens=new_tokens, ignore_eos=True) for i in range(concurrency)
+        ]
+        prompts = [chat(f"Domanda {i}: perché il caffè è buono?") for i in range(concurrency)]
+        start = time.perf_counter()
+        handles = [engine.submit(prompt, p) for prompt, p in zip(prompts, params, strict=True)]
+        tokens = sum(last_event(h).usage["completion_tokens"] for h in handles)
+        return tokens / (time.perf_counter() - start)
     finally:
         engine.shutdown()
-    return max(rates)
 
 
 # ---- 5: time to first token over a conversation ------------------------------------------------------------
@@ -403,9 +398,8 @@ def main() -> None:
     rates: dict[int, list[float]] = {concurrency: [] for concurrency in CONCURRENCIES}
     for _ in range(ENGINE_ROUNDS):  # in turns, so that a slow minute of the machine hits every level alike
         for concurrency in CONCURRENCIES:
-            rates[concurrency].append(
-                engine_throughput(nanoprime, tokenizer, concurrency, args.engine_tokens, repeats=1)
-            )
+            rate = engine_throughput(nanoprime, tokenizer, concurrency, args.engine_tokens)
+            rates[concurrency].append(rate)
     results["engine"] = []
     for concurrency in CONCURRENCIES:
         rate = max(rates[concurrency])
