@@ -41,7 +41,7 @@ SOURCES = tuple(
     Path(__file__).with_name(name)
     for name in ("ternary_linear.c", "latent_attention.c", "mamba2_step.c", "lm_head.c")
 )
-HEADERS = (Path(__file__).with_name("fast_exp.h"),)
+HEADERS = tuple(Path(__file__).with_name(name) for name in ("fast_exp.h", "lane_sum.h"))
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-shared", "-fPIC"]
 OPENMP = "-fopenmp"
 TILE_OUTPUTS = 16  # ternary_linear.c's weight layout

@@ -15,17 +15,10 @@
 #include <immintrin.h>
 #endif
 
-#define VOCAB_TILE 16
-#define LANES 16
-#define PREFETCH_TILES 2 /* how far ahead a thread asks for its next tiles of W */
+#include "lane_sum.h"
 
-/* The lanes' total, added in fold16's tree: within each group of 4 lanes 2 apart, then the pair, then the
- * groups' sums in pairs. */
-static inline float add_lanes(const float a[LANES]) {
-    float group[4];
-    for (int g = 0; g < 4; g++) group[g] = (a[4 * g] + a[4 * g + 2]) + (a[4 * g + 1] + a[4 * g + 3]);
-    return (group[0] + group[1]) + (group[2] + group[3]);
-}
+#define VOCAB_TILE 16
+#define PREFETCH_TILES 2 /* how far ahead a thread asks for its next tiles of W */
 
 /* out[v] = x . w[v] for one row x, vocabulary rows [v0, v1): the portable loop (and AVX-512's tail). */
 static void logits_portable(const float *x, const float *w, int64_t D, int64_t v0, int64_t v1, float *out) {
@@ -41,23 +34,6 @@ static void logits_portable(const float *x, const float *w, int64_t D, int64_t v
 }
 
 #if defined(__AVX512F__)
-/* The lane sums of v[0..15], in order, as one vector, in add_lanes' tree: each round adds the two halves of
- * pairs of vectors (within 128-bit lanes, then across them), 15 adds and 30 shuffles for 16 sums. */
-static inline __m512 fold16(const __m512 v[16]) {
-    __m512 t[8], u[4];
-    for (int i = 0; i < 8; i++) { /* per 128-bit lane of a pair a, b: [a0 + a2, b0 + b2, a1 + a3, b1 + b3] */
-        const __m512 a = v[2 * i], b = v[2 * i + 1];
-        t[i] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
-    }
-    for (int i = 0; i < 4; i++) { /* per 128-bit lane: that lane's sum of each of 4 vectors */
-        const __m512d a = _mm512_castps_pd(t[2 * i]), b = _mm512_castps_pd(t[2 * i + 1]);
-        u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
-    }
-    const __m512 low = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88), _mm512_shuffle_f32x4(u[0], u[1], 0xdd));
-    const __m512 high = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x88), _mm512_shuffle_f32x4(u[2], u[3], 0xdd));
-    return _mm512_add_ps(_mm512_shuffle_f32x4(low, high, 0x88), _mm512_shuffle_f32x4(low, high, 0xdd));
-}
-
 /* out[b][v0 + k] for 4 rows b0.. of x and 4 vocabulary rows v0..: 16 sums, each vector load feeding 4
  * multiply-adds. */
 static inline void tile_4_rows(const float *x, int64_t b0, const float *w, int64_t v0, int64_t D, int64_t V,

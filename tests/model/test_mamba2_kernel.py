@@ -11,8 +11,10 @@ from model.modules import cpu_kernels
 from model.modules.mamba2 import Mamba2, Mamba2Cache
 from tests.model.test_ternary_kernel import BUILDS
 
-SHAPES = {  # the shipped model's mixer, and one with two groups, odd sizes and a wider conv
+SHAPES = {  # the shipped model's mixer; heads of 24 channels (16 in vectors, 8 in the portable loop); one
+    # with two groups, odd sizes and a wider conv
     "pocket": {},
+    "vector tail": {"d_model": 48, "mamba.head_dim": 24},
     "groups": {
         "d_model": 40,
         "mamba.head_dim": 10,
