@@ -20,6 +20,8 @@ from typing import Protocol
 
 import torch
 
+from model.modules import cpu_kernels
+
 THINK_START_TEXT = "<think>"
 THINK_END_TEXT = "</think>"
 FINISH_REASONS = ("stop", "stop_string", "length", "cancelled")
@@ -143,7 +145,9 @@ def sample_tokens(
     Greedy rows take the argmax. Sampling rows go temperature -> top-k -> min-p -> top-p (filters on the
     sorted distribution, so the most likely token always survives), then draw one uniform number from the
     row's own generator and invert the cumulative distribution: a row consumes exactly one draw per token,
-    whatever the batch around it, which keeps seeded requests reproducible under continuous batching.
+    whatever the batch around it, which keeps seeded requests reproducible under continuous batching. Rows
+    with temperature alone, the default, invert it in one C call where the CPU kernels are built
+    (cpu_kernels.sample).
     """
     if logits.dim() != 2 or logits.shape[0] != len(params) or len(generators) != len(params):
         shape = tuple(logits.shape)
@@ -174,12 +178,16 @@ def _sample_rows(
 ) -> list[int]:
     device = logits.device
     every_row = len(rows) == logits.shape[0]  # a decoding batch usually samples all: no copy of the rows
-    sub = (logits if every_row else logits[rows]) / torch.tensor(
-        [params[i].temperature for i in rows], device=device
-    )[:, None]
-    vocab = sub.shape[-1]
+    chosen = logits if every_row else logits[rows]
+    temperatures = torch.tensor([params[i].temperature for i in rows], device=device)
+    vocab = chosen.shape[-1]
+    filtered = any(0 < params[i].top_k < vocab or params[i].min_p > 0 or params[i].top_p < 1 for i in rows)
+    if not filtered and device.type == "cpu" and cpu_kernels.enabled():
+        draws = torch.cat([torch.rand(1, generator=generators[i]) for i in rows])
+        return cpu_kernels.sample(chosen.contiguous(), temperatures, draws)
+    sub = chosen / temperatures[:, None]
     order = None
-    if any(0 < params[i].top_k < vocab or params[i].min_p > 0 or params[i].top_p < 1 for i in rows):
+    if filtered:
         top_k = torch.tensor([params[i].top_k or vocab for i in rows], device=device)
         min_p = torch.tensor([params[i].min_p for i in rows], device=device)
         top_p = torch.tensor([params[i].top_p for i in rows], device=device)

@@ -13,6 +13,9 @@
 - The LM head for a few rows (lm_head.c): the fp32 matrix read once, on all threads, where torch's matmul
   first copies it whole at every call (more than one row) or uses one thread (one row). It agrees with torch
   to float rounding.
+- Sampling with temperature alone (sampling.c): one pass over the logits and a walk of one block, where the
+  torch path takes a softmax, a cumulative sum and a search over the whole vocabulary. For a given draw it
+  picks the torch path's token except within float rounding of a boundary between two tokens.
 
 The library is compiled with the system C compiler (`cc`, or $CC) for this CPU into $NANOPRIME_KERNEL_DIR
 (default ~/.cache/nanoprime), with OpenMP where the compiler has it (large products then use torch's threads);
@@ -39,7 +42,7 @@ log = logging.getLogger(__name__)
 
 SOURCES = tuple(
     Path(__file__).with_name(name)
-    for name in ("ternary_linear.c", "latent_attention.c", "mamba2_step.c", "lm_head.c")
+    for name in ("ternary_linear.c", "latent_attention.c", "mamba2_step.c", "lm_head.c", "sampling.c")
 )
 HEADERS = tuple(Path(__file__).with_name(name) for name in ("fast_exp.h", "lane_sum.h"))
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-shared", "-fPIC"]
@@ -141,6 +144,9 @@ def build(flags: tuple[str, ...]) -> ctypes.CDLL | None:
     ]
     lib.nanoprime_lm_head.restype = None
     lib.nanoprime_lm_head.argtypes = [pointer, size, size, pointer, size, pointer]  # x, rows, D, w, V, out
+    lib.nanoprime_sample.restype = None
+    # logits, rows, V, temperatures, draws, out
+    lib.nanoprime_sample.argtypes = [pointer, size, size, pointer, pointer, pointer]
     lib.nanoprime_kernel_threads.restype = ctypes.c_int
     lib.nanoprime_kernel_threads.argtypes = []
     return lib
@@ -327,3 +333,22 @@ def lm_head(x: torch.Tensor, weight: torch.Tensor, lib: ctypes.CDLL | None = Non
     out = torch.empty((*x.shape[:-1], vocab), dtype=torch.float32)
     lib.nanoprime_lm_head(x.data_ptr(), x.numel() // width, width, weight.data_ptr(), vocab, out.data_ptr())
     return out
+
+
+def sample(
+    logits: torch.Tensor, temperatures: torch.Tensor, draws: torch.Tensor, lib: ctypes.CDLL | None = None
+) -> list[int]:
+    """One token per row of logits (rows, V) at its temperature (> 0), for its uniform draw in [0, 1): the
+    inverse of the softmax's cumulative distribution; see sampling.c. fp32 on the CPU."""
+    lib = _loaded(lib)
+    tensors = (logits, temperatures, draws)
+    if not all(t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu" for t in tensors):
+        raise ValueError("sample needs contiguous fp32 CPU tensors")
+    rows, vocab = logits.shape
+    if temperatures.shape != (rows,) or draws.shape != (rows,):
+        raise ValueError(f"sample needs one temperature and one draw per row ({rows} rows)")
+    out = torch.empty(rows, dtype=torch.int64)
+    lib.nanoprime_sample(
+        logits.data_ptr(), rows, vocab, temperatures.data_ptr(), draws.data_ptr(), out.data_ptr()
+    )
+    return out.tolist()

@@ -3,13 +3,20 @@
  * x is clamped to [-87, 88]: below, e^-87 (about 1.6e-38) is a weight no sum of ones can tell from zero;
  * above, e^88 (about 1.7e38) is as good as infinity for the 1 + e^x of a sigmoid. Range reduction by ln 2 in
  * two parts, then a degree-7 Taylor polynomial on |r| <= ln(2) / 2 (truncation below 1e-8): within 1 ulp of
- * e^x over [-87, 0] and within 2 ulp up to 88. MULADD is the including file's (an FMA where there is one).
+ * e^x over [-87, 0] and within 2 ulp up to 88. MULADD, which the kernels use too, is an FMA where there is one.
  */
 #ifndef NANOPRIME_FAST_EXP_H
 #define NANOPRIME_FAST_EXP_H
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
+
+#ifdef __FMA__
+#define MULADD(a, b, c) fmaf((a), (b), (c))
+#else
+#define MULADD(a, b, c) ((a) * (b) + (c))
+#endif
 
 static inline float fast_exp(float x) {
     x = x < -87.0f ? -87.0f : x;

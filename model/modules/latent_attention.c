@@ -37,11 +37,6 @@
 #define MIN_SPLIT_KEYS 1024
 #define READ_AHEAD_BYTES (256 * 1024)
 
-#ifdef __FMA__
-#define MULADD(a, b, c) fmaf((a), (b), (c))
-#else
-#define MULADD(a, b, c) ((a) * (b) + (c))
-#endif
 #include "fast_exp.h"
 
 /* IEEE half <-> float. With F16C, one instruction each; else the same rounding (to nearest, ties to even,

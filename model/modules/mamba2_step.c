@@ -25,11 +25,6 @@
 #include <omp.h>
 #endif
 
-#ifdef __FMA__
-#define MULADD(a, b, c) fmaf((a), (b), (c))
-#else
-#define MULADD(a, b, c) ((a) * (b) + (c))
-#endif
 #include "fast_exp.h"
 #include "lane_sum.h"
 
