@@ -479,8 +479,9 @@ class Engine:
         if free:
             rows = [seqs[i] for i in free]
             seen = [torch.tensor(sorted(s.seen), dtype=torch.long) if s.seen else None for s in rows]
+            chosen = logits if len(free) == len(seqs) else logits[free]  # usually all: no copy
             sampled = sample_tokens(
-                logits[free], [s.request.params for s in rows], [s.generator for s in rows], seen
+                chosen, [s.request.params for s in rows], [s.generator for s in rows], seen
             )
             for i, token in zip(free, sampled, strict=True):
                 forced[i] = token
