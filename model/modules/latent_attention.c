@@ -338,6 +338,27 @@ static void attend_keys(const float *queries, const uint16_t *latent, const uint
     }
 }
 
+/* out[i] = sum_d x[d] * w[d * width + i] for i < width, added in d's order with MULADD: the absorbed
+ * projections (a query into latent space, a latent out to values). Under AVX-512 with FMA, 64 columns at a
+ * time stay in registers (the same operations in the same order); the portable loop goes through memory. */
+static void vector_matrix(const float *x, int64_t n, const float *w, int64_t width, float *out) {
+    int64_t i0 = 0;
+#if defined(__AVX512F__) && defined(__FMA__)
+    for (; i0 + 64 <= width; i0 += 64) {
+        __m512 sums[4];
+        for (int t = 0; t < 4; t++) sums[t] = _mm512_setzero_ps();
+        for (int64_t d = 0; d < n; d++) {
+            const __m512 xd = _mm512_set1_ps(x[d]);
+            for (int t = 0; t < 4; t++) sums[t] = _mm512_fmadd_ps(xd, _mm512_loadu_ps(w + d * width + i0 + 16 * t), sums[t]);
+        }
+        for (int t = 0; t < 4; t++) _mm512_storeu_ps(out + i0 + 16 * t, sums[t]);
+    }
+#endif
+    for (int64_t i = i0; i < width; i++) out[i] = 0.0f;
+    for (int64_t d = 0; d < n; d++)
+        for (int64_t i = i0; i < width; i++) out[i] = MULADD(x[d], w[d * width + i], out[i]);
+}
+
 /* The number of parts a row of n_keys keys is split into: one per thread, each at least MIN_SPLIT_KEYS. */
 static int64_t key_splits(int64_t n_keys, int threads) {
     int64_t splits = n_keys / MIN_SPLIT_KEYS;
@@ -386,9 +407,7 @@ int nanoprime_latent_attention(const float *q, const float *latent_new,
         for (int64_t h = 0; h < H; h++) {
             float *query = queries + (b * H + h) * D;
             const float *qn = q + (b * H + h) * (N + R), *w = w_uk + h * (N + V) * C;
-            for (int64_t i = 0; i < C; i++) query[i] = 0.0f;
-            for (int64_t d = 0; d < N; d++)
-                for (int64_t i = 0; i < C; i++) query[i] = MULADD(qn[d], w[d * C + i], query[i]);
+            vector_matrix(qn, N, w, C, query);
             rotate(qn + N, cos_row, sin_row, R, query + C);
             for (int64_t i = 0; i < D; i++) query[i] *= scale;
         }
@@ -419,13 +438,8 @@ int nanoprime_latent_attention(const float *q, const float *latent_new,
                 for (int64_t i = 0; i < C; i++)
                     latent_out[i] = MULADD(weight, acc[(item * H + h) * C + i], latent_out[i]);
             }
-            float *o = out + (b * H + h) * V;
-            const float *w = w_uv_t + h * C * V;
-            for (int64_t v = 0; v < V; v++) o[v] = 0.0f;
-            for (int64_t i = 0; i < C; i++) {
-                const float ci = latent_out[i] / total;
-                for (int64_t v = 0; v < V; v++) o[v] = MULADD(ci, w[i * V + v], o[v]);
-            }
+            for (int64_t i = 0; i < C; i++) latent_out[i] /= total;
+            vector_matrix(latent_out, C, w_uv_t + h * C * V, V, out + (b * H + h) * V);
         }
     }
     free(first), free(queries), free(running), free(acc);
