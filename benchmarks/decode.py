@@ -46,7 +46,7 @@ from training.tokenizer import train_tokenizer
 
 WIDTHS = [8, 16, 12, 9, 15, 18]
 CONCURRENCIES = (1, 4, 16)
-ENGINE_ROUNDS = 3
+ENGINE_ROUNDS = 5
 WORDS = ["il", "gatto", "la", "città", "perché", "caffè", "è", "già", "più", "the", "model", "thinks"]
 WORDS += ["about", "numbers", "pizza", "robot", "answer", "🍕", "🤖"]
 
@@ -403,7 +403,8 @@ def main() -> None:
     results["engine"] = []
     for concurrency in CONCURRENCIES:
         rate = max(rates[concurrency])
-        results["engine"].append({"concurrency": concurrency, "tokens_per_s": rate})
+        runs = rates[concurrency]
+        results["engine"].append({"concurrency": concurrency, "tokens_per_s": rate, "runs": runs})
         print(f"{concurrency:>3} concurrent: {rate:8.1f} tokens/s")
     scaling = results["engine"][-1]["tokens_per_s"] / results["engine"][0]["tokens_per_s"]
     results["engine_scaling_16_vs_1"] = scaling

@@ -13,6 +13,10 @@
 - The LM head for a few rows (lm_head.c): the fp32 matrix read once, on all threads, where torch's matmul
   first copies it whole at every call (more than one row) or uses one thread (one row). It agrees with torch
   to float rounding.
+- RMSNorm with its scale (rms_norm.c): one call where torch's composite F.rms_norm takes some ten ops, which
+  cost more than the arithmetic at a decoding step's sizes. It agrees with torch to float rounding.
+- SwiGLU's gate (swiglu.c): silu(gate) * up in one vectorized loop over the two halves of gate_up's output.
+  It agrees with torch to float rounding.
 - Sampling with temperature alone (sampling.c): one pass over the logits and a walk of one block, where the
   torch path takes a softmax, a cumulative sum and a search over the whole vocabulary. For a given draw it
   picks the torch path's token except within float rounding of a boundary between two tokens.
@@ -42,7 +46,15 @@ log = logging.getLogger(__name__)
 
 SOURCES = tuple(
     Path(__file__).with_name(name)
-    for name in ("ternary_linear.c", "latent_attention.c", "mamba2_step.c", "lm_head.c", "sampling.c")
+    for name in (
+        "ternary_linear.c",
+        "latent_attention.c",
+        "mamba2_step.c",
+        "lm_head.c",
+        "sampling.c",
+        "rms_norm.c",
+        "swiglu.c",
+    )
 )
 HEADERS = tuple(Path(__file__).with_name(name) for name in ("fast_exp.h", "lane_sum.h"))
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-shared", "-fPIC"]
@@ -144,6 +156,17 @@ def build(flags: tuple[str, ...]) -> ctypes.CDLL | None:
     ]
     lib.nanoprime_lm_head.restype = None
     lib.nanoprime_lm_head.argtypes = [pointer, size, size, pointer, size, pointer]  # x, rows, D, w, V, out
+    lib.nanoprime_rms_norm.restype = None
+    lib.nanoprime_rms_norm.argtypes = [
+        pointer,
+        size,
+        size,
+        pointer,
+        ctypes.c_float,
+        pointer,
+    ]  # x, rows, n, w, eps, out
+    lib.nanoprime_swiglu.restype = None
+    lib.nanoprime_swiglu.argtypes = [pointer, size, size, pointer]  # gate_up, rows, hidden, out
     lib.nanoprime_sample.restype = None
     # logits, rows, V, temperatures, draws, out
     lib.nanoprime_sample.argtypes = [pointer, size, size, pointer, pointer, pointer]
@@ -332,6 +355,34 @@ def lm_head(x: torch.Tensor, weight: torch.Tensor, lib: ctypes.CDLL | None = Non
     vocab, width = weight.shape
     out = torch.empty((*x.shape[:-1], vocab), dtype=torch.float32)
     lib.nanoprime_lm_head(x.data_ptr(), x.numel() // width, width, weight.data_ptr(), vocab, out.data_ptr())
+    return out
+
+
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, lib: ctypes.CDLL | None = None
+) -> torch.Tensor:
+    """weight * RMSNorm(x) over the last dimension, x (..., n) and weight (n) fp32 on the CPU; rms_norm.c."""
+    lib = _loaded(lib)
+    if x.dtype != torch.float32 or weight.dtype != torch.float32 or not weight.is_contiguous():
+        raise ValueError("rms_norm needs fp32 rows and a contiguous fp32 weight")
+    if not x.is_contiguous():
+        x = x.contiguous()
+    width = weight.shape[0]
+    out = torch.empty(x.shape, dtype=torch.float32)
+    lib.nanoprime_rms_norm(x.data_ptr(), x.numel() // width, width, weight.data_ptr(), eps, out.data_ptr())
+    return out
+
+
+def swiglu(gate_up: torch.Tensor, lib: ctypes.CDLL | None = None) -> torch.Tensor:
+    """silu(gate) * up for gate_up (..., 2 * hidden) fp32 on the CPU, gate first; see swiglu.c."""
+    lib = _loaded(lib)
+    if gate_up.dtype != torch.float32:
+        raise ValueError("swiglu needs fp32 rows")
+    if not gate_up.is_contiguous():
+        gate_up = gate_up.contiguous()
+    hidden = gate_up.shape[-1] // 2
+    out = torch.empty((*gate_up.shape[:-1], hidden), dtype=torch.float32)
+    lib.nanoprime_swiglu(gate_up.data_ptr(), gate_up.numel() // (2 * hidden), hidden, out.data_ptr())
     return out
 
 

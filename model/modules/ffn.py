@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import NanoPrimeConfig
+from model.modules import cpu_kernels
 from model.modules.bitnet import make_linear
 
 
@@ -20,5 +21,17 @@ class SwiGLU(nn.Module):
         self.down = make_linear(config, self.hidden, config.d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        gate_up = self.gate_up(x)
+        if self._kernel_fits(gate_up):
+            return self.down(cpu_kernels.swiglu(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
         return self.down(F.silu(gate) * up)
+
+    def _kernel_fits(self, gate_up: torch.Tensor) -> bool:
+        """fp32 on the CPU without autograd, where the C kernel is built (and wanted)."""
+        return (
+            gate_up.dtype == torch.float32
+            and gate_up.device.type == "cpu"
+            and not (torch.is_grad_enabled() and gate_up.requires_grad)
+            and cpu_kernels.enabled()
+        )

@@ -7,6 +7,8 @@
 #ifndef NANOPRIME_LANE_SUM_H
 #define NANOPRIME_LANE_SUM_H
 
+#include <stdint.h>
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -19,6 +21,16 @@ static inline float add_lanes(const float a[LANES]) {
     float group[4];
     for (int g = 0; g < 4; g++) group[g] = (a[4 * g] + a[4 * g + 2]) + (a[4 * g + 1] + a[4 * g + 3]);
     return (group[0] + group[1]) + (group[2] + group[3]);
+}
+
+/* v . v in the lanes and tree above (the lanes written out, so that the loop vectorizes). */
+static inline float sum_of_squares(const float *v, int64_t n) {
+    float lanes[LANES] = {0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int l = 0; l < LANES; l++) lanes[l] += v[i + l] * v[i + l];
+    for (int l = 0; i + l < n; l++) lanes[l] += v[i + l] * v[i + l];
+    return add_lanes(lanes);
 }
 
 #if defined(__AVX512F__)

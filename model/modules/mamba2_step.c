@@ -39,16 +39,6 @@ static inline float softplus(float v) {
     return v > 20.0f ? v : log1pf(fast_exp(v));
 }
 
-/* v . v, summed in lane_sum.h's lanes and tree (the lanes written out, so that the loop vectorizes). */
-static inline float sum_of_squares(const float *v, int64_t n) {
-    float lanes[LANES] = {0};
-    int64_t i = 0;
-    for (; i + LANES <= n; i += LANES)
-        for (int l = 0; l < LANES; l++) lanes[l] += v[i + l] * v[i + l];
-    for (int l = 0; i + l < n; l++) lanes[l] += v[i + l] * v[i + l];
-    return add_lanes(lanes);
-}
-
 /* One head's channel p: s = s * decay + (dt x_p) B, then y_p = s . C + x_p D, the dot product summed in
  * lane_sum.h's lanes and tree. */
 static inline float channel_step(float *s, float x, float dt, float decay, const float *Bg, const float *Cg,

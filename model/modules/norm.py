@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.modules import cpu_kernels
+
 
 def upcast(x: torch.Tensor) -> torch.Tensor:
     """x in at least fp32 (fp64 stays fp64): the precision for norms, quantizers and rotations."""
@@ -33,7 +35,18 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._kernel_fits(x):
+            return cpu_kernels.rms_norm(x, self.weight, self.eps)
         return self.weight * rms_norm(x, self.eps)
+
+    def _kernel_fits(self, x: torch.Tensor) -> bool:
+        """fp32 on the CPU without autograd, where the C kernel is built (and wanted)."""
+        return (
+            x.dtype == self.weight.dtype == torch.float32
+            and x.device.type == "cpu"
+            and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
+            and cpu_kernels.enabled()
+        )
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
