@@ -1,10 +1,11 @@
 """The generation engine: one worker thread owns the model and decodes every active request as one batch.
 
-Continuous batching: a new request is prefilled alone (B = 1) and its inference state joins the running batch
-with `InferenceState.concat`, one new request between two decode steps; every step feeds one token per active
-sequence through the batched state; a sequence that finishes or is cancelled leaves with `state.select` before
-the next step, so it stops costing compute at once. Requests wait in a bounded queue; a submit to a full
-queue raises EngineBusy immediately.
+Continuous batching: waiting requests are prefilled together (one right-padded forward, up to
+`prefill_tokens` prompt tokens, one such prefill between two decode steps) and their inference states join the
+running batch with `InferenceState.concat`; every step feeds one token per active sequence through the batched
+state; a sequence that finishes or is cancelled leaves with `state.select` before the next step, so it stops
+costing compute at once. Requests wait in a bounded queue; a submit to a full queue raises EngineBusy
+immediately.
 
 Conversation state reuse: the state at the end of each prompt and at the end of each generated turn is kept
 in an LRU bounded in bytes, keyed by the tokens it has consumed. A follow-up turn whose prompt extends a kept

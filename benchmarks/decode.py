@@ -157,15 +157,20 @@ def _stepper(step: Any, first_token: torch.Tensor) -> Any:
     return run
 
 
+# Calls that read a tensor's metadata and run no op: attribute reads (.shape, .dtype) and the layout and
+# pointer queries the C kernels' wrappers make before each call.
+_METADATA_CALLS = {"__get__", "data_ptr", "is_contiguous", "numel", "dim", "size", "stride", "element_size"}
+
+
 class _OpCounter(TorchFunctionMode):
-    """Counts the torch calls Python makes (ops, not attribute reads like .shape or .dtype)."""
+    """Counts the torch ops Python calls (not metadata reads: see _METADATA_CALLS)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.calls = 0
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        self.calls += getattr(func, "__name__", "") != "__get__"
+        self.calls += getattr(func, "__name__", "") not in _METADATA_CALLS
         return func(*args, **(kwargs or {}))
 
 
