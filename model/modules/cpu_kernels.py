@@ -350,9 +350,11 @@ def lm_head(x: torch.Tensor, weight: torch.Tensor, lib: ctypes.CDLL | None = Non
     lib = _loaded(lib)
     if x.dtype != torch.float32 or weight.dtype != torch.float32 or not weight.is_contiguous():
         raise ValueError("lm_head needs fp32 rows and a contiguous fp32 matrix")
+    vocab, width = weight.shape
+    if x.shape[-1] != width:
+        raise ValueError(f"lm_head: rows of {x.shape[-1]} values for a matrix of width {width}")
     if not x.is_contiguous():
         x = x.contiguous()
-    vocab, width = weight.shape
     out = torch.empty((*x.shape[:-1], vocab), dtype=torch.float32)
     lib.nanoprime_lm_head(x.data_ptr(), x.numel() // width, width, weight.data_ptr(), vocab, out.data_ptr())
     return out
@@ -365,9 +367,11 @@ def rms_norm(
     lib = _loaded(lib)
     if x.dtype != torch.float32 or weight.dtype != torch.float32 or not weight.is_contiguous():
         raise ValueError("rms_norm needs fp32 rows and a contiguous fp32 weight")
+    width = weight.shape[0]
+    if x.shape[-1] != width:
+        raise ValueError(f"rms_norm: rows of {x.shape[-1]} values for a weight of {width}")
     if not x.is_contiguous():
         x = x.contiguous()
-    width = weight.shape[0]
     out = torch.empty(x.shape, dtype=torch.float32)
     lib.nanoprime_rms_norm(x.data_ptr(), x.numel() // width, width, weight.data_ptr(), eps, out.data_ptr())
     return out
@@ -376,8 +380,8 @@ def rms_norm(
 def swiglu(gate_up: torch.Tensor, lib: ctypes.CDLL | None = None) -> torch.Tensor:
     """silu(gate) * up for gate_up (..., 2 * hidden) fp32 on the CPU, gate first; see swiglu.c."""
     lib = _loaded(lib)
-    if gate_up.dtype != torch.float32:
-        raise ValueError("swiglu needs fp32 rows")
+    if gate_up.dtype != torch.float32 or gate_up.shape[-1] % 2:
+        raise ValueError("swiglu needs fp32 rows of an even width (the gate, then up)")
     if not gate_up.is_contiguous():
         gate_up = gate_up.contiguous()
     hidden = gate_up.shape[-1] // 2

@@ -80,3 +80,9 @@ def test_the_model_decodes_through_the_kernel_else_torch(monkeypatch: pytest.Mon
         assert calls == [], f"{2 * cpu_kernels.HEAD_MAX_ROWS} rows should take torch's matmul"
     logits, _ = model(ids)
     assert calls == [] and logits.requires_grad, "a forward with autograd should take torch's head"
+
+
+def test_rows_of_the_wrong_width_are_refused() -> None:
+    """The kernel reads rows by the matrix's width: a mismatch must fail, not read past the tensor."""
+    with pytest.raises(ValueError, match="rows of 70 values for a matrix of width 384"):
+        cpu_kernels.lm_head(torch.randn(2, 70), torch.randn(100, 384))

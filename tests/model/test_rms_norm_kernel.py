@@ -64,3 +64,9 @@ def test_the_layer_takes_the_kernel_without_autograd_only(monkeypatch: pytest.Mo
     assert len(calls) == 1
     assert norm.weight.grad is not None
     torch.testing.assert_close(served, trained.detach(), rtol=1e-6, atol=1e-6)
+
+
+def test_rows_of_the_wrong_width_are_refused() -> None:
+    """The kernel reads rows by the weight's width: a mismatch must fail, not read past the tensor."""
+    with pytest.raises(ValueError, match="rows of 100 values for a weight of 384"):
+        cpu_kernels.rms_norm(torch.randn(3, 100), torch.ones(384), 1e-5)

@@ -42,3 +42,8 @@ def test_the_feed_forward_takes_the_kernel_without_autograd_only(monkeypatch: py
     assert len(calls) == 1
     assert ffn.gate_up.weight.grad is not None
     torch.testing.assert_close(served, trained.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_an_odd_width_is_refused() -> None:
+    with pytest.raises(ValueError, match="even width"):
+        cpu_kernels.swiglu(torch.randn(2, 7))
