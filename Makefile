@@ -30,6 +30,7 @@ bench: setup
 	$(PY) benchmarks/cache.py
 	$(PY) benchmarks/forward.py
 	$(PY) benchmarks/decode.py
+	$(PY) benchmarks/step_breakdown.py
 	$(PY) benchmarks/latent_attention.py
 	$(PY) benchmarks/ternary_linear.py
 	$(PY) benchmarks/lm_head.py
