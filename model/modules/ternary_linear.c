@@ -20,9 +20,10 @@
  * Each chunk is unpacked once and used for a group of up to GROUP activation rows, whose sums stay in
  * registers: decoding a batch costs little more weight traffic and unpacking than decoding one sequence.
  *
- * Built with OpenMP, a large product (a batch, a prompt) splits its output tiles over the threads torch is set
- * to use: the library loads torch's own libgomp, so torch.set_num_threads applies here too. Each output is
- * still summed by one thread in one order, so the result does not depend on the thread count.
+ * Built with OpenMP, a large product (a batch, a prompt) splits its rows' quantization, then its output tiles,
+ * over the threads torch is set to use: the library loads torch's own libgomp, so torch.set_num_threads
+ * applies here too. Each row and each output is still one thread's, in one order, so the result does not
+ * depend on the thread count.
  */
 #include <math.h>
 #include <stdint.h>
@@ -245,25 +246,30 @@ int nanoprime_ternary_linear(const float *x, int64_t rows, int64_t in, const uin
         free(factors);
         return -1;
     }
-    for (int64_t r = 0; r < rows; r++)
-        sums[r] = quantize_row(x + r * in, in, in_padded, eps, normalize, scale, q + r * in_padded, &factors[r]);
     const int64_t tiles = (out + TILE_OUTPUTS - 1) / TILE_OUTPUTS;
-#pragma omp parallel for schedule(static) if (rows * in * out >= PARALLEL_MIN_MACS)
-    for (int64_t t = 0; t < tiles; t++) {
-        const uint8_t *wt = w + t * chunks * CHUNK_BYTES;
-        const int64_t o0 = t * TILE_OUTPUTS;
-        const int64_t width = out - o0 < TILE_OUTPUTS ? out - o0 : TILE_OUTPUTS;
-        for (int64_t r0 = 0; r0 < rows; r0 += GROUP) {
-            const int n = rows - r0 < GROUP ? (int)(rows - r0) : GROUP;
-            int32_t dots[GROUP][TILE_OUTPUTS];
-            tile_dot(wt, q + r0 * in_padded, in_padded, chunks, n, dots);
-            for (int r = 0; r < n; r++) {
-                const int32_t sum = sums[r0 + r];
-                const float factor = factors[r0 + r];
-                float *yr = y + (r0 + r) * out + o0;
-                for (int64_t j = 0; j < width; j++) yr[j] = (float)(dots[r][j] - sum) * factor;
-                if (bias)
-                    for (int64_t j = 0; j < width; j++) yr[j] = yr[j] + bias[o0 + j];
+#pragma omp parallel if (rows * in * out >= PARALLEL_MIN_MACS)
+    {
+#pragma omp for schedule(static) /* the rows' codes first (each row one thread's), then the tiles */
+        for (int64_t r = 0; r < rows; r++)
+            sums[r] =
+                quantize_row(x + r * in, in, in_padded, eps, normalize, scale, q + r * in_padded, &factors[r]);
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < tiles; t++) {
+            const uint8_t *wt = w + t * chunks * CHUNK_BYTES;
+            const int64_t o0 = t * TILE_OUTPUTS;
+            const int64_t width = out - o0 < TILE_OUTPUTS ? out - o0 : TILE_OUTPUTS;
+            for (int64_t r0 = 0; r0 < rows; r0 += GROUP) {
+                const int n = rows - r0 < GROUP ? (int)(rows - r0) : GROUP;
+                int32_t dots[GROUP][TILE_OUTPUTS];
+                tile_dot(wt, q + r0 * in_padded, in_padded, chunks, n, dots);
+                for (int r = 0; r < n; r++) {
+                    const int32_t sum = sums[r0 + r];
+                    const float factor = factors[r0 + r];
+                    float *yr = y + (r0 + r) * out + o0;
+                    for (int64_t j = 0; j < width; j++) yr[j] = (float)(dots[r][j] - sum) * factor;
+                    if (bias)
+                        for (int64_t j = 0; j < width; j++) yr[j] = yr[j] + bias[o0 + j];
+                }
             }
         }
     }
