@@ -34,6 +34,13 @@ from model.modules.bitnet import effective_weight, make_linear
 from model.modules.norm import RMSNorm, cast
 from model.modules.rope import RotaryEmbedding, apply_rope
 
+# A cached prefill's attention (queries x keys per row) from which the values are padded with zeros to the
+# keys' width (C + R): torch's fused CPU attention takes only values as wide as the keys, and otherwise falls
+# back to its math path, which stores every score. Measured on 2 threads, pocket shapes: 300 new tokens
+# 4.0 -> 1.8 ms per layer, 733 tokens 17.7 -> 9.2 ms, 64 tokens 0.20 -> 0.10 ms; below ~64 x 64 the padding
+# costs more than it saves (16 prompts of 31 tokens: 0.62 -> 0.91 ms).
+FUSED_ATTENTION_MIN_SCORES = 64 * 64
+
 
 @dataclass
 class MLACache:
@@ -301,9 +308,10 @@ class MLA(nn.Module):
             query = query.reshape(batch, 1, steps * heads, -1)
             key = torch.cat((latent, k_rope), dim=-1).unsqueeze(1)
             mask = visible.unsqueeze(2).expand(batch, steps, heads, keys).reshape(batch, 1, steps * heads, -1)
-            out_latent = F.scaled_dot_product_attention(
-                query, key, latent.unsqueeze(1), attn_mask=mask, scale=self.scale
-            )
-            out_latent = out_latent.reshape(batch * steps, heads, self.kv_lora_rank)
+            value = latent.unsqueeze(1)
+            if steps * keys >= FUSED_ATTENTION_MIN_SCORES:  # values as wide as the keys: see the constant
+                value = F.pad(value, (0, self.rope_dim))
+            out_latent = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=self.scale)
+            out_latent = out_latent[..., : self.kv_lora_rank].reshape(batch * steps, heads, self.kv_lora_rank)
         out = torch.bmm(out_latent.transpose(0, 1), cast(w_uv, out_latent.dtype).mT)  # (H, B * T, v)
         return out.transpose(0, 1).reshape(batch, steps, heads * self.v_dim)

@@ -98,7 +98,9 @@ def test_matches_transformers_deepseek_v3_attention(q_lora_rank):
 
 # ---- the cached (absorbed) path --------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("length", "pieces"), [(32, [16] + [1] * 16), (37, [1] * 37), (29, [5, 11, 1, 1, 9, 2])]
+    ("length", "pieces"),
+    # the last: prefills of 70 x 70 and 45 x 115 scores take torch's fused attention (values padded)
+    [(32, [16] + [1] * 16), (37, [1] * 37), (29, [5, 11, 1, 1, 9, 2]), (120, [70, 45] + [1] * 5)],
 )
 def test_full_forward_equals_prefill_then_steps(length, pieces):
     layer = make_mla()
