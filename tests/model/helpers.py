@@ -1,10 +1,13 @@
-"""Shared helpers for the model tests: building tiny models and feeding a sequence in pieces."""
+"""Shared helpers for the model tests: building tiny models, feeding a sequence in pieces, counting kernel
+calls."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from model.config import preset
+from model.modules import cpu_kernels
 from model.nanoprime import NanoPrime
 from model.state import InferenceState
 
@@ -39,3 +42,11 @@ def run_in_pieces(
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.double() - b.double()).abs().max().item()
+
+
+def count_kernel_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """Wrap cpu_kernels.<name> so that each call (still the real kernel) appends 1 to the returned list."""
+    calls: list[int] = []
+    original = getattr(cpu_kernels, name)
+    monkeypatch.setattr(cpu_kernels, name, lambda *a, **k: calls.append(1) or original(*a, **k))
+    return calls

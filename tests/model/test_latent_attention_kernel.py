@@ -12,6 +12,7 @@ from model.config import preset
 from model.modules import cpu_kernels
 from model.modules.mla import MLA
 from model.modules.rope import RotaryEmbedding, apply_rope
+from tests.model.helpers import count_kernel_calls
 from tests.model.test_ternary_kernel import BUILDS
 
 SHAPES = {  # heads, nope, v, latent, rope: pocket's, and one the vector paths cannot take
@@ -173,9 +174,7 @@ def test_mla_decodes_through_the_kernel_as_the_torch_path_does(monkeypatch: pyte
                 param.normal_(std=param.shape[1] ** -0.5)
     prompt = torch.randn(2, 70, layer.kv_a.in_features)
     steps = torch.randn(2, 6, layer.kv_a.in_features)
-    calls = []
-    original = cpu_kernels.latent_attention
-    monkeypatch.setattr(cpu_kernels, "latent_attention", lambda *a, **k: calls.append(1) or original(*a, **k))
+    calls = count_kernel_calls(monkeypatch, "latent_attention")
     results = {}
     for switch in ("0", "1"):
         monkeypatch.setenv("NANOPRIME_KERNEL", switch)

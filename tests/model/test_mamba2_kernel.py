@@ -9,6 +9,7 @@ import torch
 from model.config import preset
 from model.modules import cpu_kernels
 from model.modules.mamba2 import Mamba2, Mamba2Cache
+from tests.model.helpers import count_kernel_calls
 from tests.model.test_ternary_kernel import BUILDS
 
 SHAPES = {  # the shipped model's mixer; heads of 24 channels (16 in vectors, 8 in the portable loop); one
@@ -93,9 +94,7 @@ def test_kernel_step_matches_the_torch_path(build: str, shape: str, monkeypatch:
 
 def test_the_layer_decodes_through_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     mixer = make_mixer("pocket")
-    calls = []
-    original = cpu_kernels.mamba2_step
-    monkeypatch.setattr(cpu_kernels, "mamba2_step", lambda *a, **k: calls.append(1) or original(*a, **k))
+    calls = count_kernel_calls(monkeypatch, "mamba2_step")
     cache = prefilled(mixer, 2, seed=2)
     with torch.no_grad():
         for _ in range(3):

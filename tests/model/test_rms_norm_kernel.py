@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from model.modules import cpu_kernels
 from model.modules.norm import RMSNorm
+from tests.model.helpers import count_kernel_calls
 from tests.model.test_ternary_kernel import BUILDS
 
 
@@ -49,9 +50,7 @@ def test_a_row_gets_the_same_numbers_alone_or_among_many() -> None:
 def test_the_layer_takes_the_kernel_without_autograd_only(monkeypatch: pytest.MonkeyPatch) -> None:
     if not cpu_kernels.enabled():
         pytest.fail("the CPU kernels could not be built here")
-    calls = []
-    original = cpu_kernels.rms_norm
-    monkeypatch.setattr(cpu_kernels, "rms_norm", lambda *a, **k: calls.append(1) or original(*a, **k))
+    calls = count_kernel_calls(monkeypatch, "rms_norm")
     norm = RMSNorm(384)
     with torch.no_grad():
         norm.weight.uniform_(0.5, 1.5)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from model.config import preset
 from model.modules import cpu_kernels
 from model.modules.ffn import SwiGLU
+from tests.model.helpers import count_kernel_calls
 from tests.model.test_ternary_kernel import BUILDS
 
 
@@ -28,9 +29,7 @@ def test_kernel_matches_torch(build: str, rows: int, hidden: int) -> None:
 def test_the_feed_forward_takes_the_kernel_without_autograd_only(monkeypatch: pytest.MonkeyPatch) -> None:
     if not cpu_kernels.enabled():
         pytest.fail("the CPU kernels could not be built here")
-    calls = []
-    original = cpu_kernels.swiglu
-    monkeypatch.setattr(cpu_kernels, "swiglu", lambda *a, **k: calls.append(1) or original(*a, **k))
+    calls = count_kernel_calls(monkeypatch, "swiglu")
     torch.manual_seed(0)
     ffn = SwiGLU(preset("tiny"))
     x = torch.randn(2, 3, ffn.gate_up.in_features)
