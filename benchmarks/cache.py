@@ -1,9 +1,9 @@
 """Inference-state bytes per token for every preset, against an all-MHA transformer of the same shape.
 
-NanoPrime's state is MLA's latent cache (kv_lora_rank + rope_dim values per token per MLA layer, fp16 for an
+NanoPrime's state is MLA's latent cache (kv_lora_rank + rope_dim values per token per MLA layer, bf16 for an
 fp32 model) plus Mamba's fixed conv/SSM state per sequence (fp32); a standard transformer caches a key and a
-value of d_model per token per layer, in fp32 like the Llama of benchmarks/decode.py, or in fp16. The target
-is judged against the fp16 one, the precision of our latents. Per-token figures are at a full context
+value of d_model per token per layer, in fp32 like the Llama of benchmarks/decode.py, or in 16 bits. The
+target is judged against the 16-bit one, the size of our latents. Per-token figures are at a full context
 (max_seq_len tokens), where Mamba's fixed state is spread thinnest, and at 512 tokens. Figures come from
 InferenceState.nbytes() of a real state (models are built on the meta device, so even the 1.5B preset costs no
 memory); the pocket row is cross-checked against a real prefill. Run: .venv/bin/python benchmarks/cache.py
@@ -44,10 +44,10 @@ def cross_check_with_a_real_prefill(name: str, tokens: int) -> None:
 def main() -> None:
     header = (
         f"{'preset':<12} {'layers':>10} {'MLA B/tok':>10} {'Mamba B/seq':>12} {'ours B/tok':>11} "
-        f"{'MHA B/tok':>10} {'ratio':>7} {f'ratio@{SHORT_CONTEXT}':>10} {'vs fp16 MHA':>12}  "
+        f"{'MHA B/tok':>10} {'ratio':>7} {f'ratio@{SHORT_CONTEXT}':>10} {'vs 16-bit MHA':>14}  "
         f"target <= {TARGET:.0%}"
     )
-    print("fp32 models (MLA latents cached in fp16), bytes per token at a full context; MHA in fp32")
+    print("fp32 models (MLA latents cached in bf16), bytes per token at a full context; MHA in fp32")
     print(header)
     print("-" * len(header))
     for name in PRESETS:
@@ -66,7 +66,7 @@ def main() -> None:
         verdict = "test shape" if name in TEST_SHAPES else ("ok" if half_ratio <= TARGET else "OVER")
         print(
             f"{name:<12} {layers:>10} {per_token_mla:>10,} {fixed:>12,} {full / config.max_seq_len:>11,.0f} "
-            f"{mha:>10,} {ratio:>7.2%} {short_ratio:>10.2%} {half_ratio:>12.2%}  {verdict}"
+            f"{mha:>10,} {ratio:>7.2%} {short_ratio:>10.2%} {half_ratio:>14.2%}  {verdict}"
         )
     cross_check_with_a_real_prefill("pocket", SHORT_CONTEXT)
 

@@ -5,8 +5,8 @@
   with, and one call replaces the dozen small torch ops of the activation quantizer. It gives the same
   numbers bit for bit as the torch path (integer sums, then the same fp32 scaling).
 - MLA's decoding step (latent_attention.c): rope, cache write and absorbed attention in one call instead of
-  some forty torch ops per layer, reading the cached latents once. It agrees with the torch path to float
-  rounding.
+  some forty torch ops per layer, reading the cached bf16 latents once. It agrees with the torch path to float
+  rounding, or with AVX512-BF16 to the bf16 rounding of the queries and softmax weights it multiplies.
 - Mamba-2's decoding step (mamba2_step.c): conv, state update, readout and gated norm in one call instead of
   some thirty torch ops per layer, reading and writing each state once. It agrees with the torch path to
   float rounding.
@@ -262,7 +262,7 @@ def latent_attention(
     at slot positions[b] of the caches (which must hold it) and returns the heads' outputs (B, H * V).
 
     q (B, H, N + R) (q_nope then q_rope per head), latent_new (B, C), k_rope_new (B, R); w_kv_b (H, N + V, C),
-    w_uv_t (H, C, V): every tensor contiguous fp32 on the CPU but the caches, fp16; positions (B) int64.
+    w_uv_t (H, C, V): every tensor contiguous fp32 on the CPU but the caches, bf16; positions (B) int64.
     """
     lib = _loaded(lib)
     batch, heads = q.shape[:2]
@@ -272,9 +272,9 @@ def latent_attention(
     tensors += (cache_k_rope, w_kv_b, w_uv_t)
     if not all(t.is_contiguous() for t in tensors):
         raise ValueError("latent_attention needs contiguous tensors")
-    if cache_latent.dtype != torch.float16 or cache_k_rope.dtype != torch.float16:
+    if cache_latent.dtype != torch.bfloat16 or cache_k_rope.dtype != torch.bfloat16:
         raise ValueError(
-            f"latent_attention needs fp16 caches, got {cache_latent.dtype} and {cache_k_rope.dtype}"
+            f"latent_attention needs bf16 caches, got {cache_latent.dtype} and {cache_k_rope.dtype}"
         )
     out = torch.empty(batch, heads * v_dim, dtype=torch.float32)
     status = lib.nanoprime_latent_attention(

@@ -11,12 +11,13 @@
  * transposed so the scores of a block are vector multiply-adds over keys; an online softmax keeps a running
  * maximum, sum and weighted latent per head, rescaled once per block.
  *
- * The cache holds IEEE half floats (MLACache: half the bytes of fp32 to read per token). The rotation and
- * the cache write give exactly the torch path's numbers (the same three rounded operations, no FMA: the file
- * is compiled with -ffp-contract=off; then a round to nearest even into half, as torch's .to(float16)), so a
- * prefill and a decode fill the cache alike. The
- * attention itself agrees with torch's to float rounding, not bit for bit: the sums run in another order,
- * and exp is fast_exp.h's polynomial (within 1 ulp of e^x over [-87, 0]).
+ * The cache holds bf16s (MLACache: half the bytes of fp32 to read per token). The rotation and the cache
+ * write give exactly the torch path's numbers (the same three rounded operations, no FMA: the file is compiled
+ * with -ffp-contract=off; then a round to nearest even into bf16, as torch's .to(bfloat16)), so a prefill and
+ * a decode fill the cache alike. The attention itself agrees with torch's to float rounding, not bit for bit:
+ * the sums run in another order, and exp is fast_exp.h's polynomial (within 1 ulp of e^x over [-87, 0]).
+ * With AVX512-BF16 the products take bf16 operands (see BF16_PRODUCTS): the queries and the softmax weights
+ * are rounded to bf16 too, and the outputs agree with the fp32 path's to ~2e-3 of their size.
  *
  * A long row splits its keys over the OpenMP threads, each part at least MIN_SPLIT_KEYS keys, and the parts'
  * results are merged at the end (flash decoding). The split depends on the row's length and the thread count only,
@@ -29,8 +30,11 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if defined(__AVX512F__) || defined(__F16C__)
+#if defined(__AVX512F__)
 #include <immintrin.h>
+#endif
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512BF16__)
+#define BF16_PRODUCTS 1
 #endif
 
 #define KEY_BLOCK 64
@@ -39,47 +43,21 @@
 
 #include "fast_exp.h"
 
-/* IEEE half <-> float. With F16C, one instruction each; else the same rounding (to nearest, ties to even,
- * subnormals kept) in integer steps. NaNs stay NaNs, without their payload. */
-static inline uint16_t half_from_float(float value) {
-#if defined(__F16C__)
-    return (uint16_t)_cvtss_sh(value, _MM_FROUND_TO_NEAREST_INT);
-#else
+/* bfloat16 <-> float: a bf16 is the top half of a float's bits. Rounding is to nearest, ties to even, in
+ * integer steps that keep subnormals, as torch's .to(bfloat16) does; a NaN becomes torch's 0xffff. */
+static inline uint16_t bf16_from_float(float value) {
     uint32_t bits;
     memcpy(&bits, &value, sizeof bits);
-    const uint16_t sign = (uint16_t)((bits >> 16) & 0x8000);
-    const uint32_t magnitude = bits & 0x7fffffff;
-    if (magnitude > 0x7f800000) return sign | 0x7e00;   /* NaN */
-    if (magnitude >= 0x477ff000) return sign | 0x7c00;  /* 65520 and up round to infinity */
-    if (magnitude < 0x38800000) {                        /* below 2^-14: a subnormal half (units of 2^-24) */
-        if (magnitude <= 0x33000000) return sign;        /* up to 2^-25, the tie, rounds to zero */
-        const uint32_t shift = 126 - (magnitude >> 23), mantissa = (magnitude & 0x7fffff) | 0x800000;
-        uint32_t units = mantissa >> shift;
-        const uint32_t rest = mantissa & ((1u << shift) - 1), tie = 1u << (shift - 1);
-        units += rest > tie || (rest == tie && (units & 1));
-        return sign | (uint16_t)units;
-    }
-    uint32_t half = (magnitude - 0x38000000) >> 13; /* exponent rebased from 127 to 15, 10 mantissa bits */
-    const uint32_t rest = magnitude & 0x1fff;
-    half += rest > 0x1000 || (rest == 0x1000 && (half & 1)); /* a carry moves into the exponent, as it should */
-    return sign | (uint16_t)half;
-#endif
+    if ((bits & 0x7fffffff) > 0x7f800000) return 0xffff;
+    bits += 0x7fff + ((bits >> 16) & 1); /* a carry moves into the exponent, as it should */
+    return (uint16_t)(bits >> 16);
 }
 
-static inline float float_from_half(uint16_t half) {
-#if defined(__F16C__)
-    return _cvtsh_ss(half);
-#else
-    const uint32_t sign = (uint32_t)(half & 0x8000) << 16, exponent = (half >> 10) & 0x1f, mantissa = half & 0x3ff;
-    if (exponent == 0) { /* zero or subnormal: mantissa * 2^-24, exact in float */
-        const float magnitude = (float)mantissa * 5.9604644775390625e-08f;
-        return sign ? -magnitude : magnitude;
-    }
-    const uint32_t bits = sign | (exponent == 0x1f ? 0x7f800000 : (exponent + 112) << 23) | (mantissa << 13);
-    float value;
-    memcpy(&value, &bits, sizeof value);
-    return value;
-#endif
+static inline float float_from_bf16(uint16_t value) {
+    const uint32_t bits = (uint32_t)value << 16;
+    float result;
+    memcpy(&result, &bits, sizeof result);
+    return result;
 }
 
 /* out = x rotated by one position's tables: x * cos + [x2, x1] * signed_sin, as rope.apply_rope. */
@@ -127,12 +105,16 @@ static inline float lanes_total(const float lanes[LANES]) {
 }
 
 #if defined(__AVX512F__)
-/* 16 halves from memory as 16 floats. */
-static inline __m512 load_halves(const uint16_t *p) {
-    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+/* 16 bf16s as 16 floats: each moved into the top half of a 32-bit lane. */
+static inline __m512 widen_bf16(__m256i values) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(values), 16));
 }
 
-/* Transposes 8 rows of 16 halves in place, within 128-bit lanes: afterwards r[i] holds column i of the
+static inline __m512 load_bf16(const uint16_t *p) {
+    return widen_bf16(_mm256_loadu_si256((const __m256i *)p));
+}
+
+/* Transposes 8 rows of 16 bf16s in place, within 128-bit lanes: afterwards r[i] holds column i of the
  * rows in its low lane and column i + 8 in its high lane. Three rounds of interleaving: halves, pairs, quads. */
 static inline void transpose8_halves(__m256i r[8]) {
     __m256i t[8], u[8];
@@ -152,8 +134,8 @@ static inline void transpose8_halves(__m256i r[8]) {
     }
 }
 
-/* Columns of a 16 x 16 tile of halves (row r at source + r * stride, zero from row rows on) as floats:
- * columns[i] holds element i of the 16 rows. Transposed as halves: half the bytes that floats would be. */
+/* Columns of a 16 x 16 tile of bf16s (row r at source + r * stride, zero from row rows on) as floats:
+ * columns[i] holds element i of the 16 rows. Transposed as bf16s: half the bytes that floats would be. */
 static inline void load_columns(const uint16_t *source, int64_t stride, int64_t rows, __m512 columns[16]) {
     __m256i top[8], bottom[8];
     for (int r = 0; r < 8; r++) {
@@ -164,13 +146,13 @@ static inline void load_columns(const uint16_t *source, int64_t stride, int64_t 
     transpose8_halves(top);
     transpose8_halves(bottom);
     for (int i = 0; i < 8; i++) {
-        columns[i] = _mm512_cvtph_ps(_mm256_permute2x128_si256(top[i], bottom[i], 0x20));
-        columns[i + 8] = _mm512_cvtph_ps(_mm256_permute2x128_si256(top[i], bottom[i], 0x31));
+        columns[i] = widen_bf16(_mm256_permute2x128_si256(top[i], bottom[i], 0x20));
+        columns[i + 8] = widen_bf16(_mm256_permute2x128_si256(top[i], bottom[i], 0x31));
     }
 }
 #endif
 
-/* keys_t[i][j] = dimension i of key j of the block ([c ; k], halves), zero past its n keys. */
+/* keys_t[i][j] = dimension i of key j of the block ([c ; k], bf16s), as floats, zero past its n keys. */
 static void transpose_block(const uint16_t *c, const uint16_t *k, int64_t n, int64_t C, int64_t R,
                             float keys_t[][KEY_BLOCK]) {
 #if defined(__AVX512F__)
@@ -188,8 +170,8 @@ static void transpose_block(const uint16_t *c, const uint16_t *k, int64_t n, int
     }
 #endif
     for (int64_t j = 0; j < KEY_BLOCK; j++) {
-        for (int64_t i = 0; i < C; i++) keys_t[i][j] = j < n ? float_from_half(c[j * C + i]) : 0.0f;
-        for (int64_t i = 0; i < R; i++) keys_t[C + i][j] = j < n ? float_from_half(k[j * R + i]) : 0.0f;
+        for (int64_t i = 0; i < C; i++) keys_t[i][j] = j < n ? float_from_bf16(c[j * C + i]) : 0.0f;
+        for (int64_t i = 0; i < R; i++) keys_t[C + i][j] = j < n ? float_from_bf16(k[j * R + i]) : 0.0f;
     }
 }
 
@@ -227,7 +209,7 @@ static inline __attribute__((always_inline)) void accumulate_tile(const uint16_t
         for (int t = 0; t < 4; t++) sums[h][t] = _mm512_loadu_ps(acc + (h0 + h) * C + d0 + 16 * t);
     for (int64_t j = 0; j < n; j++) {
         __m512 row[4];
-        for (int t = 0; t < 4; t++) row[t] = load_halves(c + j * C + d0 + 16 * t);
+        for (int t = 0; t < 4; t++) row[t] = load_bf16(c + j * C + d0 + 16 * t);
         for (int h = 0; h < hn; h++) {
             const __m512 p = _mm512_set1_ps(weights[h0 + h][j]);
             for (int t = 0; t < 4; t++) sums[h][t] = _mm512_fmadd_ps(p, row[t], sums[h][t]);
@@ -264,7 +246,7 @@ static void accumulate(const uint16_t *c, int64_t n, int64_t H, int64_t C, float
         for (int64_t h = 0; h < H; h++) {
             const float p = weights[h][j];
             float *a = acc + h * C;
-            for (int64_t i = 0; i < C; i++) a[i] = MULADD(p, float_from_half(c[j * C + i]), a[i]);
+            for (int64_t i = 0; i < C; i++) a[i] = MULADD(p, float_from_bf16(c[j * C + i]), a[i]);
         }
     }
 }
@@ -288,6 +270,125 @@ static void block_scores(const float *queries, float keys_t[][KEY_BLOCK], int64_
 #endif
 }
 
+#if defined(BF16_PRODUCTS)
+/* With AVX512-BF16 one instruction multiplies 16 pairs of bf16s and adds both products to 16 floats: twice
+ * the multiply-adds of an fp32 FMA. The keys are bf16s already; the scaled queries and the softmax weights
+ * are rounded to bf16 for it (relative error 2^-9 on each), and the sums stay in fp32. */
+
+/* Transposes 16 rows of 16 dwords in place: afterwards r[i] holds dword i of every row. */
+static inline void transpose16_dwords(__m512i r[16]) {
+    __m512i t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) { /* u[4i + m], 128-bit lane l: dword 4l + m of rows 4i .. 4i + 3 */
+        u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (int m = 0; m < 4; m++) { /* gather lane l of u[m], u[4 + m], u[8 + m], u[12 + m] into r[4l + m] */
+        const __m512i x0 = _mm512_shuffle_i32x4(u[m], u[4 + m], 0x44), x1 = _mm512_shuffle_i32x4(u[m], u[4 + m], 0xee);
+        const __m512i y0 = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], 0x44);
+        const __m512i y1 = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], 0xee);
+        r[m] = _mm512_shuffle_i32x4(x0, y0, 0x88);
+        r[4 + m] = _mm512_shuffle_i32x4(x0, y0, 0xdd);
+        r[8 + m] = _mm512_shuffle_i32x4(x1, y1, 0x88);
+        r[12 + m] = _mm512_shuffle_i32x4(x1, y1, 0xdd);
+    }
+}
+
+/* pairs[i][j] = dword i of key j of the block: dimensions 2i and 2i + 1 of [c ; k] as two bf16s, zero past its
+ * n keys. Rows are words (C / 2 of latent, R / 2 of rope), transposed 16 keys by 16 dwords at a time. */
+static void pair_block(const uint16_t *c, const uint16_t *k, int64_t n, int64_t C, int64_t R,
+                       uint32_t pairs[][KEY_BLOCK]) {
+    for (int64_t group = 0; group < KEY_BLOCK; group += 16) {
+        int64_t dword = 0, width;
+        for (; dword < (C + R) / 2; dword += width) { /* the rope's words start a chunk of their own */
+            const int64_t end = dword < C / 2 ? C / 2 : (C + R) / 2;
+            width = end - dword < 16 ? end - dword : 16;
+            const uint16_t *source = dword < C / 2 ? c + 2 * dword : k + 2 * (dword - C / 2);
+            const int64_t stride = dword < C / 2 ? C : R;
+            const __mmask16 mask = (__mmask16)((1u << width) - 1);
+            __m512i rows[16];
+            for (int64_t r = 0; r < 16; r++)
+                rows[r] = group + r < n ? _mm512_maskz_loadu_epi32(mask, source + (group + r) * stride)
+                                        : _mm512_setzero_si512();
+            transpose16_dwords(rows);
+            for (int64_t i = 0; i < width; i++) _mm512_storeu_si512(&pairs[dword + i][group], rows[i]);
+        }
+    }
+}
+
+/* scores[h0 + h][j] = queries[h0 + h] . key j for the block's 64 keys, queries as bf16 pairs. */
+static inline __attribute__((always_inline)) void pair_scores_tile(const uint32_t *query_pairs,
+                                                                   uint32_t pairs[][KEY_BLOCK], int64_t P,
+                                                                   int64_t h0, const int hn,
+                                                                   float scores[][KEY_BLOCK]) {
+    __m512 sums[HEAD_TILE][4];
+    for (int h = 0; h < hn; h++)
+        for (int g = 0; g < 4; g++) sums[h][g] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < P; i++) {
+        __m512bh key[4];
+        for (int g = 0; g < 4; g++) key[g] = (__m512bh)_mm512_loadu_si512(&pairs[i][16 * g]);
+        for (int h = 0; h < hn; h++) {
+            const __m512bh q = (__m512bh)_mm512_set1_epi32((int)query_pairs[(h0 + h) * P + i]);
+            for (int g = 0; g < 4; g++) sums[h][g] = _mm512_dpbf16_ps(sums[h][g], q, key[g]);
+        }
+    }
+    for (int h = 0; h < hn; h++)
+        for (int g = 0; g < 4; g++) _mm512_storeu_ps(&scores[h0 + h][16 * g], sums[h][g]);
+}
+
+/* Word 2i of an interleaving of two rows of 32 words a, b (permutex2var: b's words are 32 .. 63): a[i] in the
+ * low interleaving, a[16 + i] in the high one; word 2i + 1: b's. */
+static const uint16_t INTERLEAVE[2][32] = {
+    {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39, 8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47},
+    {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
+     24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63},
+};
+
+/* acc[h0 + h][d0 .. d0 + 63] += sum_j weights[h0 + h][j] * c_j[d0 .. d0 + 63] over the block's n keys, two keys
+ * per instruction: their latents interleaved into (c_j[d], c_j+1[d]) pairs, against the pair of weights. */
+static inline __attribute__((always_inline)) void pair_accumulate_tile(const uint16_t *c, int64_t n, int64_t C,
+                                                                       int64_t d0, int64_t h0, const int hn,
+                                                                       uint32_t weight_pairs[][KEY_BLOCK / 2],
+                                                                       float *acc) {
+    const __m512i low = _mm512_loadu_si512(INTERLEAVE[0]), high = _mm512_loadu_si512(INTERLEAVE[1]);
+    __m512 sums[HEAD_TILE][4];
+    for (int h = 0; h < hn; h++)
+        for (int t = 0; t < 4; t++) sums[h][t] = _mm512_loadu_ps(acc + (h0 + h) * C + d0 + 16 * t);
+    for (int64_t j = 0; j < n; j += 2) {
+        const uint16_t *first = c + j * C + d0, *second = first + C;
+        const int pair = j + 1 < n;
+        const __m512i a0 = _mm512_loadu_si512(first), a1 = _mm512_loadu_si512(first + 32);
+        const __m512i b0 = pair ? _mm512_loadu_si512(second) : _mm512_setzero_si512();
+        const __m512i b1 = pair ? _mm512_loadu_si512(second + 32) : _mm512_setzero_si512();
+        const __m512bh rows[4] = {(__m512bh)_mm512_permutex2var_epi16(a0, low, b0),
+                                  (__m512bh)_mm512_permutex2var_epi16(a0, high, b0),
+                                  (__m512bh)_mm512_permutex2var_epi16(a1, low, b1),
+                                  (__m512bh)_mm512_permutex2var_epi16(a1, high, b1)};
+        for (int h = 0; h < hn; h++) {
+            const __m512bh p = (__m512bh)_mm512_set1_epi32((int)weight_pairs[h0 + h][j / 2]);
+            for (int t = 0; t < 4; t++) sums[h][t] = _mm512_dpbf16_ps(sums[h][t], rows[t], p);
+        }
+    }
+    for (int h = 0; h < hn; h++)
+        for (int t = 0; t < 4; t++) _mm512_storeu_ps(acc + (h0 + h) * C + d0 + 16 * t, sums[h][t]);
+}
+
+/* The block's weights (zero past its keys) rounded to bf16, in place, and as pairs for pair_accumulate_tile. */
+static inline void round_weights(float w[KEY_BLOCK], uint32_t weight_pairs[KEY_BLOCK / 2]) {
+    for (int j = 0; j < KEY_BLOCK; j += 32) {
+        const __m512bh rounded = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(w + j + 16), _mm512_loadu_ps(w + j));
+        _mm512_storeu_si512(weight_pairs + j / 2, (__m512i)rounded);
+        _mm512_storeu_ps(w + j, widen_bf16(_mm512_castsi512_si256((__m512i)rounded)));
+        _mm512_storeu_ps(w + j + 16, widen_bf16(_mm512_extracti64x4_epi64((__m512i)rounded, 1)));
+    }
+}
+#endif
+
 /* Reads count halves from p, one load per 64-byte line, so that they are in L2 when the blocks need them.
  * Between two decoding steps the rest of the step (the LM head's weights above all) evicts the cache from
  * L2 and L3. Read in the blocks' loop, between their arithmetic, each line then costs a wait on memory; read
@@ -300,13 +401,36 @@ static void read_ahead(const uint16_t *p, int64_t count) {
     __asm__ volatile("" : : "r"(seen)); /* the loads are the point: keep them */
 }
 
+/* One head's scores of a block (its n keys) into softmax weights under the running maximum, in place; what was
+ * summed under an older maximum is rescaled first. */
+static void softmax_block(float w[KEY_BLOCK], int64_t n, int64_t C, Running *running, float *acc) {
+    for (int64_t j = n; j < KEY_BLOCK; j++) w[j] = -INFINITY;
+    const float top = block_max(w);
+    if (top > running->max) {
+        const float shrink = fast_exp(running->max - top);
+        for (int l = 0; l < LANES; l++) running->sum[l] *= shrink;
+        for (int64_t i = 0; i < C; i++) acc[i] *= shrink;
+        running->max = top;
+    }
+    const float m = running->max;
+    for (int64_t j = 0; j < KEY_BLOCK; j++) w[j] = j < n ? fast_exp(w[j] - m) : 0.0f;
+}
+
 /* Scores, softmax weights and weighted latents for keys [k0, k1) of one row, into the running state (H)
  * and acc (H x C), which start at {-inf, 0} and zeros. queries: (H, C + R), [ql ; qr] * scale. */
 static void attend_keys(const float *queries, const uint16_t *latent, const uint16_t *k_rope, int64_t k0, int64_t k1,
                         int64_t H, int64_t C, int64_t R, Running *running, float *acc) {
     const int64_t D = C + R;
-    float keys_t[D][KEY_BLOCK];  /* the block's keys [c ; k], transposed: one row per dimension */
-    float weights[H][KEY_BLOCK]; /* scores, then softmax weights */
+#if defined(BF16_PRODUCTS)
+    const int64_t P = C % 64 == 0 && R % 2 == 0 ? D / 2 : 0; /* bf16 pairs per key; 0: the fp32 path */
+    uint32_t query_pairs[H * P + 1], pairs[P + 1][KEY_BLOCK], weight_pairs[H][KEY_BLOCK / 2];
+    for (int64_t i = 0; i < H * P; i++)
+        query_pairs[i] = bf16_from_float(queries[2 * i]) | (uint32_t)bf16_from_float(queries[2 * i + 1]) << 16;
+#else
+    const int64_t P = 0;
+#endif
+    float keys_t[P ? 1 : D][KEY_BLOCK]; /* the fp32 path's block of keys [c ; k], one row per dimension */
+    float weights[H][KEY_BLOCK];        /* scores, then softmax weights */
     int64_t read_keys = READ_AHEAD_BYTES / (D * (int64_t)sizeof *latent) / KEY_BLOCK * KEY_BLOCK;
     read_keys = read_keys > KEY_BLOCK ? read_keys : KEY_BLOCK;
     for (int64_t start = k0; start < k1; start += KEY_BLOCK) {
@@ -316,25 +440,32 @@ static void attend_keys(const float *queries, const uint16_t *latent, const uint
             read_ahead(latent + start * C, count * C);
             read_ahead(k_rope + start * R, count * R);
         }
-        const uint16_t *c = latent + start * C;
-        transpose_block(c, k_rope + start * R, n, C, R, keys_t);
-        block_scores(queries, keys_t, H, D, weights);
-        for (int64_t h = 0; h < H; h++) {
-            float *w = weights[h];
-            for (int64_t j = n; j < KEY_BLOCK; j++) w[j] = -INFINITY;
-            const float top = block_max(w);
-            if (top > running[h].max) { /* rescale what was summed under the old maximum */
-                const float shrink = fast_exp(running[h].max - top);
-                for (int l = 0; l < LANES; l++) running[h].sum[l] *= shrink;
-                for (int64_t i = 0; i < C; i++) acc[h * C + i] *= shrink;
-                running[h].max = top;
-            }
-            const float m = running[h].max;
-            for (int64_t j = 0; j < KEY_BLOCK; j++) w[j] = j < n ? fast_exp(w[j] - m) : 0.0f;
-            for (int64_t j = 0; j < KEY_BLOCK; j += LANES)
-                for (int l = 0; l < LANES; l++) running[h].sum[l] += w[j + l];
+        const uint16_t *c = latent + start * C, *k = k_rope + start * R;
+#if defined(BF16_PRODUCTS)
+        if (P) {
+            pair_block(c, k, n, C, R, pairs);
+            FOR_HEAD_TILES(H, h0, hn, pair_scores_tile(query_pairs, pairs, P, h0, hn, weights))
         }
-        accumulate(c, n, H, C, weights, acc);
+#endif
+        if (!P) {
+            transpose_block(c, k, n, C, R, keys_t);
+            block_scores(queries, keys_t, H, D, weights);
+        }
+        for (int64_t h = 0; h < H; h++) {
+            softmax_block(weights[h], n, C, running + h, acc + h * C);
+#if defined(BF16_PRODUCTS)
+            if (P) round_weights(weights[h], weight_pairs[h]); /* summed as the products will see them */
+#endif
+            for (int64_t j = 0; j < KEY_BLOCK; j += LANES)
+                for (int l = 0; l < LANES; l++) running[h].sum[l] += weights[h][j + l];
+        }
+#if defined(BF16_PRODUCTS)
+        if (P) {
+            for (int64_t d0 = 0; d0 < C; d0 += 64)
+                FOR_HEAD_TILES(H, h0, hn, pair_accumulate_tile(c, n, C, d0, h0, hn, weight_pairs, acc))
+        }
+#endif
+        if (!P) accumulate(c, n, H, C, weights, acc);
     }
 }
 
@@ -402,8 +533,8 @@ int nanoprime_latent_attention(const float *q, const float *latent_new,
         const float *cos_row = cos_table + p * R, *sin_row = sin_table + p * R;
         float rotated[R];
         rotate(k_rope_new + b * R, cos_row, sin_row, R, rotated);
-        for (int64_t i = 0; i < C; i++) cache_latent[(b * capacity + p) * C + i] = half_from_float(latent_new[b * C + i]);
-        for (int64_t i = 0; i < R; i++) cache_k_rope[(b * capacity + p) * R + i] = half_from_float(rotated[i]);
+        for (int64_t i = 0; i < C; i++) cache_latent[(b * capacity + p) * C + i] = bf16_from_float(latent_new[b * C + i]);
+        for (int64_t i = 0; i < R; i++) cache_k_rope[(b * capacity + p) * R + i] = bf16_from_float(rotated[i]);
         for (int64_t h = 0; h < H; h++) {
             float *query = queries + (b * H + h) * D;
             const float *qn = q + (b * H + h) * (N + R), *w = w_uk + h * (N + V) * C;

@@ -281,7 +281,7 @@ def test_health_models_and_metrics_describe_the_served_model(client: httpx.Clien
     (model,) = client.get("/api/models").json()["models"]
     config = NanoPrimeConfig.load(Path(live_server.runtime.info.path) / "config.json")
     mla_layers = config.layer_pattern.count("mla")
-    per_token = mla_layers * (config.mla.kv_lora_rank + config.mla.rope_dim) * 2  # fp16 latents, rope keys
+    per_token = mla_layers * (config.mla.kv_lora_rank + config.mla.rope_dim) * 2  # bf16 latents, rope keys
     assert model["cache_bytes_per_token"] == per_token
     assert model["context_length"] == config.max_seq_len and model["parameters"] > 0
     assert model["weights_sha256"] == weights_sha256(Path(live_server.runtime.info.path))

@@ -114,7 +114,7 @@ def collect(handle) -> tuple[str, str, Done]:
 
 def test_engine_greedy_equals_a_plain_forward_loop(make_engine, model_and_tokenizer, float64_model):
     """In float64, against forward over the whole sequence for every token (no state): the engine's states
-    are exact. In fp32 an inference state caches MLA latents in fp16, which moves the argmax of this random
+    are exact. In fp32 an inference state caches MLA latents in bf16, which moves the argmax of this random
     model's nearly flat logits against a stateless forward; there the reference is a token-by-token loop."""
     model, tokenizer = model_and_tokenizer
     prompt_ids = tokenizer.encode_chat(chat(PROMPTS[0]))

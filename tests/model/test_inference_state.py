@@ -10,7 +10,8 @@ from model.modules.mla import MLACache
 from model.state import InferenceState
 from tests.model.helpers import max_diff, run_in_pieces, tiny_model
 
-TOL = 1e-4
+TOL = 1e-4  # between states: the same bf16 latents
+FULL_TOL = 5e-3  # against the full forward: see test_nanoprime.py
 EXACT = {"bitnet.quantize_activations": False}  # see test_nanoprime.py's docstring
 
 
@@ -25,7 +26,7 @@ def test_nbytes_counts_mla_tokens_and_fixed_mamba_state():
     mamba_bytes = sum(c.nbytes(state.lengths) for c in state.caches if isinstance(c, MambaCache))
     assert mamba_bytes > 0 and state.nbytes() == mamba_bytes  # nothing cached yet but the fixed states
     n_mla = config.layer_pattern.count("mla")
-    per_token = n_mla * (config.mla.kv_lora_rank + config.mla.rope_dim) * 2  # fp16 latents and rope keys
+    per_token = n_mla * (config.mla.kv_lora_rank + config.mla.rope_dim) * 2  # bf16 latents and rope keys
     with torch.no_grad():
         model(torch.zeros(2, 9, dtype=torch.long), state, lengths=torch.tensor([9, 4]))
         assert state.nbytes() == mamba_bytes + 13 * per_token
@@ -72,7 +73,7 @@ def test_select_drops_and_reorders_rows():
     with torch.no_grad():
         logits, _ = model(nxt, kept)
     full = model(torch.cat([ids[[2, 0]], nxt], dim=1))[0][:, -1]
-    assert max_diff(logits[:, 0], full) <= TOL
+    assert max_diff(logits[:, 0], full) <= FULL_TOL
     with pytest.raises(ValueError, match=r"rows in \[0, 3\)"):
         state.select([3])
     with pytest.raises(ValueError, match="1-D"):

@@ -13,7 +13,19 @@ from model.modules import cpu_kernels
 from model.modules.mla import MLA
 from model.modules.rope import RotaryEmbedding, apply_rope
 from tests.model.helpers import count_kernel_calls
-from tests.model.test_ternary_kernel import BUILDS
+from tests.model.test_ternary_kernel import BUILDS, COMMON
+
+# With AVX512-BF16 the native build multiplies bf16 pairs (queries and softmax weights rounded to bf16); the
+# same source without it takes the fp32 AVX-512 path, which gets a build of its own where the CPU has both.
+BF16_PRODUCTS = "avx512_bf16" in cpu_kernels._cpu_flags().split()
+LATENT_BUILDS = dict(BUILDS)
+if BF16_PRODUCTS:
+    LATENT_BUILDS["AVX-512 without BF16"] = ("-O3", "-march=native", "-mno-avx512bf16", *COMMON)
+# Against fp64: fp32 sums agree to float rounding. Rounding the queries and weights to bf16 (relative error
+# 2^-9 each) moves the scores by ~1e-3 of their size, and the outputs by ~2e-3 of theirs (RMS), ~1e-2 at most.
+FP32_TOLERANCE = {"rtol": 2e-5, "atol": 2e-5}
+BF16_TOLERANCE = {"rtol": 2e-2, "atol": 2e-2}
+BF16_RMS_ERROR = 4e-3
 
 SHAPES = {  # heads, nope, v, latent, rope: pocket's, and one the vector paths cannot take
     "pocket": (6, 64, 64, 64, 16),
@@ -35,8 +47,8 @@ def random_step(shape: tuple[int, ...], positions: list[int], seed: int = 0) -> 
         "latent_new": randn(batch, latent),
         "k_rope_new": randn(batch, rope),
         "positions": torch.tensor(positions),
-        "cache_latent": randn(batch, capacity, latent).half(),  # MLACache's dtype for an fp32 model
-        "cache_k_rope": randn(batch, capacity, rope).half(),
+        "cache_latent": randn(batch, capacity, latent).bfloat16(),  # MLACache's dtype for an fp32 model
+        "cache_k_rope": randn(batch, capacity, rope).bfloat16(),
         "w_kv_b": w_kv_b,
         "w_uv_t": w_kv_b[:, nope:].transpose(1, 2).contiguous(),
     }
@@ -64,8 +76,8 @@ def run_kernel(
 def reference(
     step: dict[str, torch.Tensor], rotary: RotaryEmbedding, scale: float, nope: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The absorbed attention written out per row in fp64, and the fp16 caches after the write (torch's rope,
-    torch's rounding to fp16)."""
+    """The absorbed attention written out per row in fp64, and the bf16 caches after the write (torch's rope,
+    torch's rounding to bf16)."""
     cache_latent, cache_k_rope = step["cache_latent"].clone(), step["cache_k_rope"].clone()
     w = step["w_kv_b"].double()
     outputs = []
@@ -83,11 +95,12 @@ def reference(
     return torch.stack(outputs), cache_latent, cache_k_rope
 
 
-@pytest.mark.parametrize("build", sorted(BUILDS))
+@pytest.mark.parametrize("build", sorted(LATENT_BUILDS))
 @pytest.mark.parametrize("shape_name", sorted(SHAPES))
 def test_kernel_matches_the_attention_formula(build: str, shape_name: str) -> None:
-    """Rows at the edges of the kernel's 64-key blocks, one long enough to split over two threads."""
-    lib = cpu_kernels.build(BUILDS[build])
+    """Rows at the edges of the kernel's 64-key blocks, one long enough to split over two threads. Pocket's
+    shape takes the bf16 products where the build has them; the odd one, the fp32 path of every build."""
+    lib = cpu_kernels.build(LATENT_BUILDS[build])
     assert lib is not None
     shape = SHAPES[shape_name]
     rotary = RotaryEmbedding(shape[4], 4096)
@@ -100,23 +113,35 @@ def test_kernel_matches_the_attention_formula(build: str, shape_name: str) -> No
     finally:
         torch.set_num_threads(threads)
     assert got.shape == expected.shape
-    torch.testing.assert_close(got.double(), expected, rtol=2e-5, atol=2e-5)
+    bf16 = BF16_PRODUCTS and build == "native" and shape_name == "pocket"
+    torch.testing.assert_close(got.double(), expected, **(BF16_TOLERANCE if bf16 else FP32_TOLERANCE))
+    if bf16:  # the rounding's error spread over every output, not only bounded
+        assert (got.double() - expected).norm() <= BF16_RMS_ERROR * expected.norm()
     assert torch.equal(step["cache_latent"], cache_latent), "the new latent went to the wrong slot"
     assert torch.equal(step["cache_k_rope"], cache_k_rope), "the rotated key differs from torch's rope"
 
 
-@pytest.mark.parametrize("build", sorted(BUILDS))
-def test_the_cache_write_rounds_to_fp16_as_torch_does(build: str) -> None:
-    """Ties, subnormals, overflow, signed zero, infinities and NaN: the kernel's rounding (F16C, or the
-    integer steps of the portable builds) stores the bits that torch's .to(float16) stores."""
-    lib = cpu_kernels.build(BUILDS[build])
+@pytest.mark.parametrize("build", sorted(LATENT_BUILDS))
+def test_the_cache_write_rounds_to_bf16_as_torch_does(build: str) -> None:
+    """Ties to even, subnormals, overflow, signed zero, infinities and NaN: the kernel's rounding stores the
+    bits that torch's .to(bfloat16) stores."""
+    lib = cpu_kernels.build(LATENT_BUILDS[build])
     assert lib is not None
-    tiny = 2.0**-24  # the smallest fp16 subnormal
-    edges = [0.0, -0.0, 1e-9, tiny / 2, tiny / 2 * (1 + 2**-20), tiny, 1.5 * tiny, 2.5 * tiny, 1023.5 * tiny]
-    edges += [2.0**-14, 1 + 2**-11, 1 + 3 * 2**-11, -(1 + 2**-11), 65504.0, 65519.99, 65520.0, 1e6, -1e6]
+    tiny = 2.0**-133  # the smallest bf16 subnormal
+    edges = [0.0, -0.0, 1e-39, -1e-39, tiny / 2, tiny / 2 * (1 + 2**-20), tiny, 1.5 * tiny, 2.5 * tiny]
+    edges += [
+        2.0**-126,
+        1 + 2**-8,
+        1 + 3 * 2**-8,
+        -(1 + 2**-8),
+        1 + 2**-8 + 2**-20,
+        3.3895e38,
+        3.4e38,
+        -3.4e38,
+    ]
     edges += [float("inf"), float("-inf"), float("nan"), 3.14159265, -2.7182818]
     generator = torch.Generator().manual_seed(9)
-    magnitudes = torch.exp(torch.empty(64 - len(edges)).uniform_(-20.0, 12.0, generator=generator))
+    magnitudes = torch.exp(torch.empty(64 - len(edges)).uniform_(-80.0, 80.0, generator=generator))
     values = torch.cat(
         [torch.tensor(edges), magnitudes * torch.randn(magnitudes.shape, generator=generator).sign()]
     )
@@ -126,7 +151,7 @@ def test_the_cache_write_rounds_to_fp16_as_torch_does(build: str) -> None:
     step["latent_new"] = values[None, :].contiguous()
     run_kernel(step, rotary, 0.125, lib)
     written = step["cache_latent"][0, 10]
-    assert torch.equal(written.view(torch.int16), values.half().view(torch.int16))
+    assert torch.equal(written.view(torch.int16), values.bfloat16().view(torch.int16))
 
 
 def test_a_row_gets_the_same_numbers_alone_or_in_a_batch() -> None:
@@ -161,7 +186,9 @@ def test_the_split_over_threads_agrees_with_one_thread() -> None:
             results[n_threads] = run_kernel({key: value.clone() for key, value in step.items()}, rotary, 0.1)
     finally:
         torch.set_num_threads(threads)
-    torch.testing.assert_close(results[3], results[1], rtol=1e-5, atol=1e-6)
+    # Each part has its own running maximum, so with bf16 products its weights round at other scales.
+    tolerance = {"rtol": 1e-2, "atol": 2e-3} if BF16_PRODUCTS else {"rtol": 1e-5, "atol": 1e-6}
+    torch.testing.assert_close(results[3], results[1], **tolerance)
 
 
 def test_mla_decodes_through_the_kernel_as_the_torch_path_does(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -187,6 +214,11 @@ def test_mla_decodes_through_the_kernel_as_the_torch_path_does(monkeypatch: pyte
                 outputs.append(layer(steps[:, t : t + 1], cache, lengths + t))
         results[switch] = torch.cat(outputs, dim=1), cache
     assert len(calls) == steps.shape[1], "decoding did not go through the kernel"
-    torch.testing.assert_close(results["1"][0], results["0"][0], rtol=1e-5, atol=1e-5)
+    kernel, torch_path = results["1"][0], results["0"][0]
+    torch.testing.assert_close(
+        kernel, torch_path, **(BF16_TOLERANCE if BF16_PRODUCTS else {"rtol": 1e-5, "atol": 1e-5})
+    )
+    if BF16_PRODUCTS:
+        assert (kernel - torch_path).norm() <= BF16_RMS_ERROR * torch_path.norm()
     for field in ("latent", "k_rope"):
         assert torch.equal(getattr(results["1"][1], field), getattr(results["0"][1], field))

@@ -33,7 +33,7 @@ def run_in_pieces(
     layer: MLA, x: torch.Tensor, pieces: list[int], cache_dtype: torch.dtype | None = None
 ) -> tuple[torch.Tensor, MLACache]:
     """The layer's output fed in pieces through a cache in the input's precision (unless `cache_dtype` says
-    otherwise), so that a tolerance measures the arithmetic alone; the default fp16 cache has its own test."""
+    otherwise), so that a tolerance measures the arithmetic alone; the default bf16 cache has its own test."""
     cache = layer.new_cache(x.shape[0], x.device, x.dtype, cache_dtype=cache_dtype or x.dtype)
     past = torch.zeros(x.shape[0], dtype=torch.long)
     outputs, start = [], 0
@@ -173,27 +173,27 @@ def test_cache_holds_the_normalised_latent_and_rotated_rope_key_only():
         torch.testing.assert_close(cache.k_rope[:, :6], rotated)
 
 
-def test_an_fp32_layer_caches_fp16_latents_and_decodes_within_their_rounding():
+def test_an_fp32_layer_caches_bf16_latents_and_decodes_within_their_rounding():
     layer = make_mla()
     x = torch.randn(2, 40, 64)
     exact, exact_cache = run_in_pieces(layer, x, [24] + [1] * 16)
     cache = layer.new_cache(2, "cpu")
-    assert cache.latent.dtype == cache.k_rope.dtype == torch.float16
+    assert cache.latent.dtype == cache.k_rope.dtype == torch.bfloat16
     past = torch.zeros(2, dtype=torch.long)
     outputs = []
     with torch.no_grad():
         for start, n in [(0, 24)] + [(24 + i, 1) for i in range(16)]:
             outputs.append(layer(x[:, start : start + n], cache, past_lengths=past))
             past = past + n
-    assert torch.equal(cache.latent[:, :40], exact_cache.latent[:, :40].half())
-    assert torch.equal(cache.k_rope[:, :40], exact_cache.k_rope[:, :40].half())
+    assert torch.equal(cache.latent[:, :40], exact_cache.latent[:, :40].bfloat16())
+    assert torch.equal(cache.k_rope[:, :40], exact_cache.k_rope[:, :40].bfloat16())
     difference = (torch.cat(outputs, dim=1) - exact).abs().max()
-    assert 0 < difference <= 2e-3 * exact.abs().max()  # fp16 keeps 11 significant bits
+    assert 0 < difference <= 4e-3 * exact.abs().max()  # bf16 keeps 8 significant bits
 
 
 def test_cache_grows_by_kv_lora_rank_plus_rope_dim_per_token():
     layer = make_mla()
-    per_token = (layer.kv_lora_rank + layer.rope_dim) * 2  # fp16 bytes
+    per_token = (layer.kv_lora_rank + layer.rope_dim) * 2  # bf16 bytes
     cache = layer.new_cache(2, "cpu")
     past = torch.zeros(2, dtype=torch.long)
     previous = cache.nbytes(past)

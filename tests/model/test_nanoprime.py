@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from model.nanoprime import NanoPrime
 from tests.model.helpers import PATTERNS, max_diff, run_in_pieces, tiny_model
 
-TOL = 1e-3  # the states cache MLA latents in fp16 (11 significant bits): logits move by ~1e-4
+TOL = 5e-3  # the states cache MLA latents in bf16 (8 significant bits): logits move by up to ~1.5e-3
 NUMERICS = {
     "plain-linear": {"bitnet.enabled": False},
     "ternary-weights": {"bitnet.quantize_activations": False},

@@ -57,5 +57,5 @@ def test_cache_is_under_seven_percent_of_multi_head_attention(name):
     state = model.new_state(1, device="cpu")
     state.lengths.fill_(config.max_seq_len)  # nbytes counts the MLA slots in use from the lengths
     per_token = state.nbytes() / config.max_seq_len
-    mha = 2 * config.n_layers * config.d_model * 2  # fp16 keys and values, the precision of our latents
+    mha = 2 * config.n_layers * config.d_model * 2  # 16-bit keys and values, the size of our latents
     assert per_token / mha <= TARGET_CACHE_RATIO

@@ -11,7 +11,7 @@ from model.modules.router import Router
 from model.modules.thinking_loop import ThinkingLoop
 from tests.model.helpers import max_diff, run_in_pieces, tiny_model
 
-TOL = 1e-3  # the states cache MLA latents in fp16 (11 significant bits): logits move by ~1e-4
+TOL = 5e-3  # the states cache MLA latents in bf16 (8 significant bits): logits move by up to ~1.5e-3
 EXACT = {"bitnet.quantize_activations": False}  # see test_nanoprime.py's docstring
 VARIANTS = {
     "router": {"router.enabled": True},
