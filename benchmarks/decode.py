@@ -14,8 +14,10 @@ All in one run, on random weights (speed does not depend on what the weights say
     python benchmarks/decode.py [--preset pocket] [--threads N] [--engine-threads N]
                                 [--out artifacts/decode.json]
 
---threads sets torch's threads for the model-to-model comparison (1 gives the steadiest figures on a shared
-machine); the engine and the conversation run on --engine-threads (default: every core, as the server does).
+--threads sets torch's threads for the model-to-model comparison (default: torch's choice, every core, as the
+server runs; 1 gives the steadiest figures on a shared machine). It runs on a thread of its own that ends
+before the engine starts, so the engine and the conversation, on --engine-threads (default: every core), never
+share the machine with a second OpenMP team.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import platform
 import random
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -299,33 +302,18 @@ def last_event(handle: Any) -> Done:
     return events[-1]
 
 
-# ---- main --------------------------------------------------------------------------------------------------
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="pocket")
-    parser.add_argument("--contexts", type=int, nargs="+", default=[128, 2048, 4096])
-    parser.add_argument("--steps", type=int, default=96, help="decode steps timed per context")
-    parser.add_argument("--engine-tokens", type=int, default=128, help="tokens per engine request")
-    parser.add_argument("--turns", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=5, help="repeats of each TTFT measurement (best)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument(
-        "--engine-threads", type=int, default=os.cpu_count() or 1, help="torch threads for the engine parts"
-    )
-    parser.add_argument("--out", type=Path, default=Path("artifacts/decode.json"))
-    args = parser.parse_args()
+def compare_with_llama(
+    args: argparse.Namespace, config: NanoPrimeConfig, tokenizer: Tokenizer
+) -> tuple[NanoPrime, dict[str, Any]]:
+    """Parts 1, 2 and 4 (their figures printed and returned), on the calling thread, which builds the models.
+
+    main() calls it on a thread of its own that ends afterwards: a thread that has run a parallel torch op
+    keeps an OpenMP team until it ends, and a second team beside the engine's slows every engine step (see
+    backend.engine.torch_on_one_thread).
+    """
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    longest = max(args.contexts)
-    config = preset(args.preset).with_overrides(
-        max_seq_len=max(preset(args.preset).max_seq_len, longest + 512)
-    )
-    tokenizer = build_tokenizer(config.vocab_size)
-    if tokenizer.vocab_size != config.vocab_size:
-        raise SystemExit(
-            f"the benchmark tokenizer has {tokenizer.vocab_size} tokens, the model {config.vocab_size}"
-        )
     with tempfile.TemporaryDirectory() as workdir:
         nanoprime = build_nanoprime(config, tokenizer, Path(workdir))
     llama = build_llama(config)
@@ -394,6 +382,53 @@ def main() -> None:
     results["torch_ops_per_decode_step"] = ops
     print(f"torch ops per decode step: NanoPrime {ops['nanoprime']}, Llama {ops['llama']}")
 
+    return nanoprime, results
+
+
+def on_its_own_thread(function: Any, *args: Any) -> Any:
+    """function(*args) on a new thread, joined: its OpenMP team ends with it. Its exception is re-raised."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = function(*args)
+        except BaseException as error:  # handed to the caller as it is
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, name="model-comparison")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+# ---- main --------------------------------------------------------------------------------------------------
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="pocket")
+    parser.add_argument("--contexts", type=int, nargs="+", default=[128, 2048, 4096])
+    parser.add_argument("--steps", type=int, default=96, help="decode steps timed per context")
+    parser.add_argument("--engine-tokens", type=int, default=128, help="tokens per engine request")
+    parser.add_argument("--turns", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5, help="repeats of each TTFT measurement (best)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--engine-threads", type=int, default=os.cpu_count() or 1, help="torch threads for the engine parts"
+    )
+    parser.add_argument("--out", type=Path, default=Path("artifacts/decode.json"))
+    args = parser.parse_args()
+    longest = max(args.contexts)
+    config = preset(args.preset).with_overrides(
+        max_seq_len=max(preset(args.preset).max_seq_len, longest + 512)
+    )
+    tokenizer = build_tokenizer(config.vocab_size)
+    if tokenizer.vocab_size != config.vocab_size:
+        raise SystemExit(
+            f"the benchmark tokenizer has {tokenizer.vocab_size} tokens, the model {config.vocab_size}"
+        )
+    nanoprime, results = on_its_own_thread(compare_with_llama, args, config, tokenizer)
+
     torch.set_num_threads(args.engine_threads)
     results["engine_torch_threads"] = torch.get_num_threads()
     print(
@@ -442,6 +477,7 @@ def main() -> None:
         f"= {full_ratio:.2f}x the reuse"
     )
 
+    longest_row = results["decode"][-1]
     cache_ratio = longest_row["llama_cache_bytes"] / longest_row["nanoprime_cache_bytes"]
     results["cache_bytes_llama_vs_nanoprime_at_longest"] = cache_ratio
     mib = 2**20
