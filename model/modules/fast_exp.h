@@ -39,4 +39,33 @@ static inline float fast_exp(float x) {
     return poly * two_n;
 }
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+/* fast_exp on 16 lanes: the same operations in the same order. */
+static inline __m512 fast_exp16(__m512 x) {
+#ifdef __FMA__
+#define MULADD16(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+#else
+#define MULADD16(a, b, c) _mm512_add_ps(_mm512_mul_ps((a), (b)), (c))
+#endif
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+    const __m512 shift = _mm512_set1_ps(12582912.0f);
+    const __m512 n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), shift), shift);
+    __m512 r = _mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(0.693145751953125f)));
+    r = _mm512_sub_ps(r, _mm512_mul_ps(n, _mm512_set1_ps(1.428606765330187e-6f)));
+    __m512 poly = _mm512_set1_ps(1.0f / 5040.0f);
+    poly = MULADD16(poly, r, _mm512_set1_ps(1.0f / 720.0f));
+    poly = MULADD16(poly, r, _mm512_set1_ps(1.0f / 120.0f));
+    poly = MULADD16(poly, r, _mm512_set1_ps(1.0f / 24.0f));
+    poly = MULADD16(poly, r, _mm512_set1_ps(1.0f / 6.0f));
+    poly = MULADD16(poly, r, _mm512_set1_ps(0.5f));
+    poly = MULADD16(poly, r, _mm512_set1_ps(1.0f));
+    poly = MULADD16(poly, r, _mm512_set1_ps(1.0f));
+#undef MULADD16
+    const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(poly, _mm512_castsi512_ps(bits));
+}
+#endif
+
 #endif

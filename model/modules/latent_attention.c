@@ -104,6 +104,16 @@ static inline float lanes_total(const float lanes[LANES]) {
     return partial[0];
 }
 
+/* A block's largest score `top` becomes the head's running maximum if it is larger; what was summed under the
+ * old maximum is rescaled to the new one. */
+static inline void rescale(Running *running, float *acc, int64_t C, float top) {
+    if (top <= running->max) return;
+    const float shrink = fast_exp(running->max - top);
+    for (int l = 0; l < LANES; l++) running->sum[l] *= shrink;
+    for (int64_t i = 0; i < C; i++) acc[i] *= shrink;
+    running->max = top;
+}
+
 #if defined(__AVX512F__)
 /* 16 bf16s as 16 floats: each moved into the top half of a 32-bit lane. */
 static inline __m512 widen_bf16(__m256i values) {
@@ -378,14 +388,31 @@ static inline __attribute__((always_inline)) void pair_accumulate_tile(const uin
         for (int t = 0; t < 4; t++) _mm512_storeu_ps(acc + (h0 + h) * C + d0 + 16 * t, sums[h][t]);
 }
 
-/* The block's weights (zero past its keys) rounded to bf16, in place, and as pairs for pair_accumulate_tile. */
-static inline void round_weights(float w[KEY_BLOCK], uint32_t weight_pairs[KEY_BLOCK / 2]) {
-    for (int j = 0; j < KEY_BLOCK; j += 32) {
-        const __m512bh rounded = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(w + j + 16), _mm512_loadu_ps(w + j));
-        _mm512_storeu_si512(weight_pairs + j / 2, (__m512i)rounded);
-        _mm512_storeu_ps(w + j, widen_bf16(_mm512_castsi512_si256((__m512i)rounded)));
-        _mm512_storeu_ps(w + j + 16, widen_bf16(_mm512_extracti64x4_epi64((__m512i)rounded, 1)));
+/* One head's scores of a block (its n keys) into softmax weights under the running maximum, rounded to bf16:
+ * as pairs for pair_accumulate_tile, and added to the running sum as the products will see them. All in
+ * registers: softmax_block's steps, fused. */
+static inline void pair_softmax(const float scores[KEY_BLOCK], int64_t n, int64_t C, Running *running, float *acc,
+                                uint32_t weight_pairs[KEY_BLOCK / 2]) {
+    __mmask16 live[4];
+    __m512 s[4];
+    for (int g = 0; g < 4; g++) {
+        const int64_t left = n - 16 * g;
+        live[g] = left >= 16 ? (__mmask16)0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : (__mmask16)0;
+        s[g] = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), live[g], scores + 16 * g);
     }
+    rescale(running, acc, C, _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(s[0], s[1]), _mm512_max_ps(s[2], s[3]))));
+    const __m512 m = _mm512_set1_ps(running->max);
+    __m512 w[4];
+    for (int g = 0; g < 4; g++) w[g] = _mm512_maskz_mov_ps(live[g], fast_exp16(_mm512_sub_ps(s[g], m)));
+    const __m512bh low = _mm512_cvtne2ps_pbh(w[1], w[0]), high = _mm512_cvtne2ps_pbh(w[3], w[2]);
+    _mm512_storeu_si512(weight_pairs, (__m512i)low);
+    _mm512_storeu_si512(weight_pairs + 16, (__m512i)high);
+    __m512 sum = _mm512_loadu_ps(running->sum);
+    sum = _mm512_add_ps(sum, widen_bf16(_mm512_castsi512_si256((__m512i)low)));
+    sum = _mm512_add_ps(sum, widen_bf16(_mm512_extracti64x4_epi64((__m512i)low, 1)));
+    sum = _mm512_add_ps(sum, widen_bf16(_mm512_castsi512_si256((__m512i)high)));
+    sum = _mm512_add_ps(sum, widen_bf16(_mm512_extracti64x4_epi64((__m512i)high, 1)));
+    _mm512_storeu_ps(running->sum, sum);
 }
 #endif
 
@@ -401,17 +428,10 @@ static void read_ahead(const uint16_t *p, int64_t count) {
     __asm__ volatile("" : : "r"(seen)); /* the loads are the point: keep them */
 }
 
-/* One head's scores of a block (its n keys) into softmax weights under the running maximum, in place; what was
- * summed under an older maximum is rescaled first. */
+/* One head's scores of a block (its n keys) into softmax weights under the running maximum, in place. */
 static void softmax_block(float w[KEY_BLOCK], int64_t n, int64_t C, Running *running, float *acc) {
     for (int64_t j = n; j < KEY_BLOCK; j++) w[j] = -INFINITY;
-    const float top = block_max(w);
-    if (top > running->max) {
-        const float shrink = fast_exp(running->max - top);
-        for (int l = 0; l < LANES; l++) running->sum[l] *= shrink;
-        for (int64_t i = 0; i < C; i++) acc[i] *= shrink;
-        running->max = top;
-    }
+    rescale(running, acc, C, block_max(w));
     const float m = running->max;
     for (int64_t j = 0; j < KEY_BLOCK; j++) w[j] = j < n ? fast_exp(w[j] - m) : 0.0f;
 }
@@ -451,21 +471,21 @@ static void attend_keys(const float *queries, const uint16_t *latent, const uint
             transpose_block(c, k, n, C, R, keys_t);
             block_scores(queries, keys_t, H, D, weights);
         }
-        for (int64_t h = 0; h < H; h++) {
-            softmax_block(weights[h], n, C, running + h, acc + h * C);
-#if defined(BF16_PRODUCTS)
-            if (P) round_weights(weights[h], weight_pairs[h]); /* summed as the products will see them */
-#endif
-            for (int64_t j = 0; j < KEY_BLOCK; j += LANES)
-                for (int l = 0; l < LANES; l++) running[h].sum[l] += weights[h][j + l];
-        }
 #if defined(BF16_PRODUCTS)
         if (P) {
+            for (int64_t h = 0; h < H; h++) pair_softmax(weights[h], n, C, running + h, acc + h * C, weight_pairs[h]);
             for (int64_t d0 = 0; d0 < C; d0 += 64)
                 FOR_HEAD_TILES(H, h0, hn, pair_accumulate_tile(c, n, C, d0, h0, hn, weight_pairs, acc))
         }
 #endif
-        if (!P) accumulate(c, n, H, C, weights, acc);
+        if (!P) {
+            for (int64_t h = 0; h < H; h++) {
+                softmax_block(weights[h], n, C, running + h, acc + h * C);
+                for (int64_t j = 0; j < KEY_BLOCK; j += LANES)
+                    for (int l = 0; l < LANES; l++) running[h].sum[l] += weights[h][j + l];
+            }
+            accumulate(c, n, H, C, weights, acc);
+        }
     }
 }
 
