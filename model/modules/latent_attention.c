@@ -310,7 +310,7 @@ static inline void transpose16_dwords(__m512i r[16]) {
 }
 
 /* pairs[i][j] = dword i of key j of the block: dimensions 2i and 2i + 1 of [c ; k] as two bf16s, zero past its
- * n keys. Rows are words (C / 2 of latent, R / 2 of rope), transposed 16 keys by 16 dwords at a time. */
+ * n keys. A key's row is C / 2 dwords of latent and R / 2 of rope, transposed 16 keys by 16 dwords at a time. */
 static void pair_block(const uint16_t *c, const uint16_t *k, int64_t n, int64_t C, int64_t R,
                        uint32_t pairs[][KEY_BLOCK]) {
     for (int64_t group = 0; group < KEY_BLOCK; group += 16) {
@@ -416,7 +416,7 @@ static inline void pair_softmax(const float scores[KEY_BLOCK], int64_t n, int64_
 }
 #endif
 
-/* Reads count halves from p, one load per 64-byte line, so that they are in L2 when the blocks need them.
+/* Reads count bf16s from p, one load per 64-byte line, so that they are in L2 when the blocks need them.
  * Between two decoding steps the rest of the step (the LM head's weights above all) evicts the cache from
  * L2 and L3. Read in the blocks' loop, between their arithmetic, each line then costs a wait on memory; read
  * here, back to back, they stream at the memory's full speed. (Software prefetches in the blocks' loop did
@@ -465,27 +465,20 @@ static void attend_keys(const float *queries, const uint16_t *latent, const uint
         if (P) {
             pair_block(c, k, n, C, R, pairs);
             FOR_HEAD_TILES(H, h0, hn, pair_scores_tile(query_pairs, pairs, P, h0, hn, weights))
-        }
-#endif
-        if (!P) {
-            transpose_block(c, k, n, C, R, keys_t);
-            block_scores(queries, keys_t, H, D, weights);
-        }
-#if defined(BF16_PRODUCTS)
-        if (P) {
             for (int64_t h = 0; h < H; h++) pair_softmax(weights[h], n, C, running + h, acc + h * C, weight_pairs[h]);
             for (int64_t d0 = 0; d0 < C; d0 += 64)
                 FOR_HEAD_TILES(H, h0, hn, pair_accumulate_tile(c, n, C, d0, h0, hn, weight_pairs, acc))
+            continue;
         }
 #endif
-        if (!P) {
-            for (int64_t h = 0; h < H; h++) {
-                softmax_block(weights[h], n, C, running + h, acc + h * C);
-                for (int64_t j = 0; j < KEY_BLOCK; j += LANES)
-                    for (int l = 0; l < LANES; l++) running[h].sum[l] += weights[h][j + l];
-            }
-            accumulate(c, n, H, C, weights, acc);
+        transpose_block(c, k, n, C, R, keys_t);
+        block_scores(queries, keys_t, H, D, weights);
+        for (int64_t h = 0; h < H; h++) {
+            softmax_block(weights[h], n, C, running + h, acc + h * C);
+            for (int64_t j = 0; j < KEY_BLOCK; j += LANES)
+                for (int l = 0; l < LANES; l++) running[h].sum[l] += weights[h][j + l];
         }
+        accumulate(c, n, H, C, weights, acc);
     }
 }
 
@@ -520,7 +513,7 @@ static int64_t key_splits(int64_t n_keys, int threads) {
 /* q (B, H, N + R): per head q_nope then q_rope; latent_new (B, C), k_rope_new (B, R): the step's projections
  * (latent already normalised, ropes not yet rotated). cos_table, sin_table (positions, R): rope.RotaryEmbedding's.
  * positions (B): each row's slot for this token. cache_latent (B, capacity, C), cache_k_rope
- * (B, capacity, R), halves: written at the row's slot, read up to it. w_uk (H, N + V, C): kv_b's weight per head
+ * (B, capacity, R), bf16s: written at the row's slot, read up to it. w_uk (H, N + V, C): kv_b's weight per head
  * (its first N rows per head are W_uk); w_uv_t (H, C, V): W_uv transposed. out (B, H * V).
  * Returns 0, or -1 if a scratch buffer could not be allocated. */
 int nanoprime_latent_attention(const float *q, const float *latent_new,
